@@ -560,7 +560,7 @@ impl Capabilities {
         if self.max_data_xfer_size == Some(0) {
             return Err(DecodeError::Json("max_data_xfer_size 0".into()));
         }
-        let pg_ok = |p: u64| p != 0 && p % 4096 == 0;
+        let pg_ok = |p: u64| p != 0 && p.is_multiple_of(4096);
         if let Some(p) = self.pgsizes {
             if !pg_ok(p) {
                 return Err(DecodeError::Json(format!("pgsizes {p:#x} is not a multiple of 4096")));
@@ -1062,7 +1062,7 @@ impl RegionIoFdsMsg {
         let body = &p[Self::FIXED..];
         if !body.is_empty() {
             let n = m.count as usize;
-            if n == 0 || body.len() % n != 0 || body.len() / n < IO_FD_ENTRY_SIZE {
+            if n == 0 || !body.len().is_multiple_of(n) || body.len() / n < IO_FD_ENTRY_SIZE {
                 return Err(DecodeError::Count { what: "io fd entries", count: m.count as u64 });
             }
             let stride = body.len() / n;
@@ -1808,7 +1808,8 @@ mod tests {
 
         // No JSON and `{}` are valid and mean defaults.
         for payload in [vec![0u8, 0, 0, 0], [&[0u8, 0, 0, 0][..], b"{}\0"].concat()] {
-            let (_, r) = decode_request(&msg(Command::Version, &payload), 0).unwrap();
+            let m_ = msg(Command::Version, &payload);
+            let (_, r) = decode_request(&m_, 0).unwrap();
             let Request::Version(v) = r else { panic!() };
             let c = v.caps.unwrap_or_default();
             assert_eq!(c.max_msg_fds(), 1);
@@ -1820,7 +1821,8 @@ mod tests {
         // QEMU's exact JSON, including the legacy migration object.
         let qemu = br#"{"capabilities":{"migration":{"pgsize":4096,"max_bitmap_size":268435456},"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}}"#;
         let payload = [&[0u8, 0, 0, 0][..], qemu, b"\0"].concat();
-        let (_, Request::Version(v)) = decode_request(&msg(Command::Version, &payload), 0).unwrap() else { panic!() };
+        let m_ = msg(Command::Version, &payload);
+        let (_, Request::Version(v)) = decode_request(&m_, 0).unwrap() else { panic!() };
         let c = v.caps.unwrap();
         assert_eq!(c.max_msg_fds(), 16);
         assert!(c.write_multiple());
@@ -1851,7 +1853,8 @@ mod tests {
         ];
         for json in bad {
             let payload = [&[0u8, 0, 0, 0][..], json].concat();
-            let e = decode_request(&msg(Command::Version, &payload), 0).unwrap_err();
+            let m_ = msg(Command::Version, &payload);
+            let e = decode_request(&m_, 0).unwrap_err();
             assert_eq!(e.errno(), Errno::INVAL, "{json:?}");
         }
         // header-only VERSION
@@ -1903,7 +1906,8 @@ mod tests {
     #[test]
     fn device_info_request_and_reply() {
         // argsz 32 (the rust-vmm client's value) is fine; the reply says 16.
-        let (_, r) = decode_request(&msg(Command::DeviceGetInfo, &u32s(&[32, 0, 0, 0])), 0).unwrap();
+        let m_ = msg(Command::DeviceGetInfo, &u32s(&[32, 0, 0, 0]));
+        let (_, r) = decode_request(&m_, 0).unwrap();
         assert_eq!(r, Request::DeviceGetInfo(DeviceInfoMsg { argsz: 32, ..Default::default() }));
         assert!(decode_request(&msg(Command::DeviceGetInfo, &u32s(&[8, 0, 0, 0])), 0).is_err(), "argsz 8");
         assert!(decode_request(&msg(Command::DeviceGetInfo, &u32s(&[16, 0])), 0).is_err(), "8-byte payload");
@@ -1962,7 +1966,8 @@ mod tests {
 
     #[test]
     fn region_io_fds() {
-        let (_, r) = decode_request(&msg(Command::DeviceGetRegionIoFds, &u32s(&[16, 0, 0, 0])), 0).unwrap();
+        let m_ = msg(Command::DeviceGetRegionIoFds, &u32s(&[16, 0, 0, 0]));
+        let (_, r) = decode_request(&m_, 0).unwrap();
         assert!(matches!(r, Request::GetRegionIoFds(RegionIoFdsMsg { index: 0, .. })));
         for bad in [[16, 1, 0, 0], [16, 0, 0, 1], [8, 0, 0, 0]] {
             assert!(decode_request(&msg(Command::DeviceGetRegionIoFds, &u32s(&bad)), 0).is_err(), "{bad:?}");
@@ -1991,7 +1996,8 @@ mod tests {
         assert!(decode_request(&msg(Command::DeviceGetIrqInfo, &u32s(&[16, 0])), 0).is_err());
 
         let trig_fd = vfio::VFIO_IRQ_SET_DATA_EVENTFD | vfio::VFIO_IRQ_SET_ACTION_TRIGGER;
-        let (_, r) = decode_request(&msg(Command::DeviceSetIrqs, &u32s(&[20, trig_fd, 2, 0, 3])), 3).unwrap();
+        let m_ = msg(Command::DeviceSetIrqs, &u32s(&[20, trig_fd, 2, 0, 3]));
+        let (_, r) = decode_request(&m_, 3).unwrap();
         let Request::SetIrqs(s) = r else { panic!() };
         assert_eq!((s.action, s.data.clone(), s.index, s.start, s.count), (IrqAction::Trigger, IrqSetData::Eventfd, 2, 0, 3));
         assert_eq!(s.flags(), trig_fd);
@@ -2000,7 +2006,8 @@ mod tests {
         // Bool data.
         let bool_trig = vfio::VFIO_IRQ_SET_DATA_BOOL | vfio::VFIO_IRQ_SET_ACTION_TRIGGER;
         let p = [&u32s(&[22, bool_trig, 1, 0, 2])[..], &[1, 0]].concat();
-        let (_, Request::SetIrqs(s)) = decode_request(&msg(Command::DeviceSetIrqs, &p), 0).unwrap() else { panic!() };
+        let m_ = msg(Command::DeviceSetIrqs, &p);
+        let (_, Request::SetIrqs(s)) = decode_request(&m_, 0).unwrap() else { panic!() };
         assert_eq!(s.data, IrqSetData::Bool(vec![true, false]));
         let mut b = MessageBuilder::command(1, Command::DeviceSetIrqs);
         s.encode(&mut b);
@@ -2099,7 +2106,8 @@ mod tests {
     #[test]
     fn device_feature_and_migration_data() {
         let probe = vfio::VFIO_DEVICE_FEATURE_PROBE | vfio::VFIO_DEVICE_FEATURE_GET | vfio::VFIO_DEVICE_FEATURE_MIGRATION;
-        let (_, r) = decode_request(&msg(Command::DeviceFeature, &u32s(&[16, probe, 0, 0])), 0).unwrap();
+        let m_ = msg(Command::DeviceFeature, &u32s(&[16, probe, 0, 0]));
+        let (_, r) = decode_request(&m_, 0).unwrap();
         let Request::DeviceFeature(f) = r else { panic!() };
         assert_eq!(f.feature(), vfio::VFIO_DEVICE_FEATURE_MIGRATION);
         assert_eq!(f.data.len(), 8);
@@ -2112,7 +2120,8 @@ mod tests {
         ] {
             assert!(decode_request(&msg(Command::DeviceFeature, &bad), 0).is_err(), "{bad:?}");
         }
-        let (_, r) = decode_request(&msg(Command::MigDataRead, &u32s(&[8, 4096])), 0).unwrap();
+        let m_ = msg(Command::MigDataRead, &u32s(&[8, 4096]));
+        let (_, r) = decode_request(&m_, 0).unwrap();
         assert!(matches!(r, Request::MigDataRead(MigData { size: 4096, .. })));
         let p = [&u32s(&[8, 3])[..], &[1, 2, 3]].concat();
         assert!(matches!(decode_request(&msg(Command::MigDataWrite, &p), 0).unwrap().1, Request::MigDataWrite(MigData { size: 3, .. })));
