@@ -567,6 +567,9 @@ impl RemoteDma for Outbound {
 #[derive(Debug, Clone)]
 struct Negotiated {
     client: Capabilities,
+    /// (flags, size) of each region, read once at negotiation: region accesses are checked
+    /// against it without calling into the device.
+    regions: Vec<Option<(u32, u64)>>,
 }
 
 /// The outcome of one request: a reply (payload and fds), or an errno.
@@ -600,25 +603,9 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 return Some(Ok(m));
             }
         }
-        loop {
-            if self.server.shared.stopping.load(Ordering::SeqCst) {
-                return None;
-            }
-            let mut fds = [
-                PollFd::new(&self.sock, PollFlags::IN),
-                PollFd::new(&self.server.shared.stop_fd, PollFlags::IN),
-            ];
-            match poll(&mut fds, None) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Some(Err(RecvError::Io(e.into()))),
-            }
-            if !fds[1].revents().is_empty() {
-                return None;
-            }
-            if !fds[0].revents().is_empty() {
-                break;
-            }
+        // No poll here: `ServerHandle::stop` shuts the socket down, which ends a blocked recv.
+        if self.server.shared.stopping.load(Ordering::SeqCst) {
+            return None;
         }
         self.sock.recv(self.limits).transpose()
     }
@@ -859,7 +846,7 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 }
             }
             Request::RegionRead(a) => {
-                if let Err(e) = check_access(&*dev, &info, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_READ) {
+                if let Err(e) = check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_READ) {
                     return Outcome::Error(e);
                 }
                 let mut b = reply();
@@ -874,7 +861,7 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 ok(b)
             }
             Request::RegionWrite(a, data) => {
-                if let Err(e) = check_access(&*dev, &info, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE) {
+                if let Err(e) = check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE) {
                     return Outcome::Error(e);
                 }
                 if a.count > 0 {
@@ -896,7 +883,7 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 }
                 for e in &w.entries {
                     let a = RegionAccess { offset: e.offset, region: e.region, count: e.count };
-                    if let Err(err) = check_access(&*dev, &info, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE) {
+                    if let Err(err) = check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE) {
                         return Outcome::Error(err);
                     }
                 }
@@ -991,7 +978,11 @@ impl<'s, D: Device + 'static> Session<'s, D> {
         });
         self.server.ctx.dma.set_remote(Some(out.clone() as Arc<dyn RemoteDma>));
         self.out = Some(out);
-        self.negotiated = Some(Negotiated { client });
+        let regions = {
+            let dev = lock(&self.server.device);
+            (0..dev.info().num_regions.min(1024)).map(|i| dev.region_info(i).map(|r| (r.flags, r.size))).collect()
+        };
+        self.negotiated = Some(Negotiated { client, regions });
         let mut b = MessageBuilder::reply(h.msg_id, h.command);
         Version { major: 0, minor: v.minor.min(SERVER_MINOR), caps: Some(caps) }.encode(&mut b);
         lock(&self.server.device).client_connected(&self.server.ctx);
@@ -1017,16 +1008,13 @@ impl<'s, D: Device + 'static> Session<'s, D> {
 }
 
 /// Checks a region access against the device's region table and the transfer limit.
-fn check_access<D: Device + ?Sized>(dev: &D, info: &crate::DeviceInfo, a: RegionAccess, max_xfer: u64, need: u32) -> Result<(), Errno> {
-    if a.region >= info.num_regions || a.count as u64 > max_xfer {
+fn check_access(regions: &[Option<(u32, u64)>], a: RegionAccess, max_xfer: u64, need: u32) -> Result<(), Errno> {
+    if a.count as u64 > max_xfer {
         return Err(Errno::INVAL);
     }
-    let ri = dev.region_info(a.region).ok_or(Errno::INVAL)?;
+    let (flags, size) = regions.get(a.region as usize).copied().flatten().ok_or(Errno::INVAL)?;
     let end = a.offset.checked_add(a.count as u64).ok_or(Errno::INVAL)?;
-    if end > ri.size {
-        return Err(Errno::INVAL);
-    }
-    if ri.flags & need == 0 {
+    if end > size || flags & need == 0 {
         return Err(Errno::INVAL);
     }
     Ok(())
