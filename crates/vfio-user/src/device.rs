@@ -120,7 +120,7 @@ pub trait Device: Send {
     fn region_write(&mut self, ctx: &DeviceContext, index: u32, offset: u64, data: &[u8])
         -> Result<(), Errno>;
 
-    /// `DEVICE_RESET`, and the reset after a client disconnects.
+    /// `DEVICE_RESET`. (A disconnect does not reset the device: see `client_disconnected`.)
     fn reset(&mut self, _ctx: &DeviceContext) -> Result<(), Errno> {
         Ok(())
     }

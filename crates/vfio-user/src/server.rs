@@ -780,7 +780,9 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 let Some(ri) = dev.region_info(r.index) else { return Outcome::Error(Errno::INVAL) };
                 let mut msg = RegionInfoMsg { index: r.index, flags: ri.flags, size: ri.size, ..Default::default() };
                 let mut fds = Vec::new();
-                if let Some(mm) = ri.mmap.as_ref().filter(|_| ri.size > 0) {
+                // A client that cannot receive an fd gets the region as trapped-only.
+                let can_take_fd = neg.client.max_msg_fds() >= 1;
+                if let Some(mm) = ri.mmap.as_ref().filter(|_| ri.size > 0 && can_take_fd) {
                     msg.flags |= vfio::VFIO_REGION_INFO_FLAG_MMAP;
                     msg.offset = mm.file_offset;
                     msg.sparse = mm.sparse.iter().map(|a| SparseMmapArea { offset: a.offset, size: a.size }).collect();
@@ -935,7 +937,7 @@ impl<'s, D: Device + 'static> Session<'s, D> {
         }
         let client = v.caps.unwrap_or_default();
         let cfg = &self.server.config;
-        let twin = cfg.twin_socket && client.twin_socket();
+        let twin = cfg.twin_socket && client.twin_socket() && client.max_msg_fds() >= 1;
         let mut caps = Capabilities {
             max_msg_fds: Some(cfg.max_msg_fds),
             max_data_xfer_size: Some(cfg.max_data_xfer_size),
@@ -950,6 +952,10 @@ impl<'s, D: Device + 'static> Session<'s, D> {
         if twin {
             match MessageSocket::pair() {
                 Ok((ours, theirs)) => {
+                    // A DMA request on the twin socket waits at most `dma_timeout` for its reply.
+                    if let Err(e) = ours.set_read_timeout(Some(cfg.dma_timeout)) {
+                        log::warn!("twin socket timeout: {e}");
+                    }
                     caps.twin_socket = Some(TwinSocketCap { supported: true, fd_index: Some(0) });
                     owned.push(OwnedFd::from(theirs));
                     twin_sock = Some(ours);

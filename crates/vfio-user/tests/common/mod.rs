@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use emudev_dma::{DmaMapInfo, DmaProt, Iova, SharedMemory};
 use emudev_vfio_user::server::{RunningServer, Server, ServerConfig};
-use emudev_vfio_user::{Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo, RegionMmap, SparseArea};
+use emudev_vfio_user::{
+    Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo, RegionMmap,
+    SparseArea,
+};
 use vfio_bindings::bindings::vfio;
 
 pub const BAR0_SIZE: u64 = 0x1000;
@@ -53,7 +56,11 @@ pub struct TestDevice {
 impl TestDevice {
     pub fn new() -> Self {
         let (bar2, fd) = SharedMemory::memfd("test-bar2", BAR2_SIZE).unwrap();
-        let doorbell = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK).unwrap();
+        let doorbell = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .unwrap();
         TestDevice {
             bar0: vec![0; BAR0_SIZE as usize],
             bar2_fd: Arc::new(fd),
@@ -93,23 +100,44 @@ impl TestDevice {
 
 impl Device for TestDevice {
     fn info(&self) -> DeviceInfo {
-        DeviceInfo { flags: vfio::VFIO_DEVICE_FLAGS_PCI | vfio::VFIO_DEVICE_FLAGS_RESET, num_regions: 9, num_irqs: 5 }
+        DeviceInfo {
+            flags: vfio::VFIO_DEVICE_FLAGS_PCI | vfio::VFIO_DEVICE_FLAGS_RESET,
+            num_regions: 9,
+            num_irqs: 5,
+        }
     }
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
         let rw = vfio::VFIO_REGION_INFO_FLAG_READ | vfio::VFIO_REGION_INFO_FLAG_WRITE;
         Some(match index {
-            0 => RegionInfo { flags: rw, size: BAR0_SIZE, mmap: None },
+            0 => RegionInfo {
+                flags: rw,
+                size: BAR0_SIZE,
+                mmap: None,
+            },
             2 => RegionInfo {
                 flags: rw,
                 size: BAR2_SIZE,
                 mmap: Some(RegionMmap {
                     fd: self.bar2_fd.clone(),
                     file_offset: 0,
-                    sparse: vec![SparseArea { offset: 0x2000, size: 0x1000 }, SparseArea { offset: 0x4000, size: 0x2000 }],
+                    sparse: vec![
+                        SparseArea {
+                            offset: 0x2000,
+                            size: 0x1000,
+                        },
+                        SparseArea {
+                            offset: 0x4000,
+                            size: 0x2000,
+                        },
+                    ],
                 }),
             },
-            7 => RegionInfo { flags: rw, size: 256, mmap: None },
+            7 => RegionInfo {
+                flags: rw,
+                size: 256,
+                mmap: None,
+            },
             1 | 3..=6 | 8 => RegionInfo::absent(),
             _ => return None,
         })
@@ -118,15 +146,33 @@ impl Device for TestDevice {
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
         let ev = vfio::VFIO_IRQ_INFO_EVENTFD;
         Some(match index {
-            0 => IrqInfo { flags: ev | vfio::VFIO_IRQ_INFO_MASKABLE | vfio::VFIO_IRQ_INFO_AUTOMASKED, count: 1 },
-            1 => IrqInfo { flags: ev | vfio::VFIO_IRQ_INFO_NORESIZE, count: 1 },
-            2 => IrqInfo { flags: ev | vfio::VFIO_IRQ_INFO_MASKABLE, count: 4 },
-            3 | 4 => IrqInfo { flags: ev, count: 1 },
+            0 => IrqInfo {
+                flags: ev | vfio::VFIO_IRQ_INFO_MASKABLE | vfio::VFIO_IRQ_INFO_AUTOMASKED,
+                count: 1,
+            },
+            1 => IrqInfo {
+                flags: ev | vfio::VFIO_IRQ_INFO_NORESIZE,
+                count: 1,
+            },
+            2 => IrqInfo {
+                flags: ev | vfio::VFIO_IRQ_INFO_MASKABLE,
+                count: 4,
+            },
+            3 | 4 => IrqInfo {
+                flags: ev,
+                count: 1,
+            },
             _ => return None,
         })
     }
 
-    fn region_read(&mut self, _ctx: &DeviceContext, index: u32, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
+    fn region_read(
+        &mut self,
+        _ctx: &DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), Errno> {
         match index {
             0 => {
                 let o = offset as usize;
@@ -147,7 +193,13 @@ impl Device for TestDevice {
         }
     }
 
-    fn region_write(&mut self, ctx: &DeviceContext, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+    fn region_write(
+        &mut self,
+        ctx: &DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
         match index {
             0 => {
                 let o = offset as usize;
@@ -174,7 +226,15 @@ impl Device for TestDevice {
     }
 
     fn region_io_fds(&self, index: u32) -> Option<Vec<IoEventFd>> {
-        (index == 0).then(|| vec![IoEventFd { offset: DOORBELL, size: 4, fd: self.doorbell.clone(), flags: 0, datamatch: 0 }])
+        (index == 0).then(|| {
+            vec![IoEventFd {
+                offset: DOORBELL,
+                size: 4,
+                fd: self.doorbell.clone(),
+                flags: 0,
+                datamatch: 0,
+            }]
+        })
     }
 
     fn client_connected(&mut self, _ctx: &DeviceContext) {
@@ -197,7 +257,12 @@ impl Device for TestDevice {
         self.events.irq_changes.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn device_feature(&mut self, _ctx: &DeviceContext, flags: u32, data: &[u8]) -> Result<Vec<u8>, Errno> {
+    fn device_feature(
+        &mut self,
+        _ctx: &DeviceContext,
+        flags: u32,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
         let feature = flags & vfio::VFIO_DEVICE_FEATURE_MASK;
         let probe = flags & vfio::VFIO_DEVICE_FEATURE_PROBE != 0;
         match feature {
@@ -208,14 +273,17 @@ impl Device for TestDevice {
                 if probe {
                     return Ok(Vec::new());
                 }
-                Ok(u64::from(vfio::VFIO_MIGRATION_STOP_COPY).to_ne_bytes().to_vec())
+                Ok(u64::from(vfio::VFIO_MIGRATION_STOP_COPY)
+                    .to_ne_bytes()
+                    .to_vec())
             }
             vfio::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE => {
                 if probe {
                     return Ok(Vec::new());
                 }
                 if flags & vfio::VFIO_DEVICE_FEATURE_SET != 0 {
-                    let state = u32::from_ne_bytes(data.get(..4).ok_or(Errno::INVAL)?.try_into().unwrap());
+                    let state =
+                        u32::from_ne_bytes(data.get(..4).ok_or(Errno::INVAL)?.try_into().unwrap());
                     if state > 7 {
                         return Err(Errno::INVAL);
                     }
@@ -243,13 +311,20 @@ impl Device for TestDevice {
 /// A unique socket path in a fresh temp dir.
 pub fn sock_path(name: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!("emudev-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir = std::env::temp_dir().join(format!(
+        "emudev-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(format!("{name}.sock"))
 }
 
 /// Starts a test device server; returns it with the path and the device's event counters.
-pub fn start(name: &str, config: ServerConfig) -> (RunningServer<TestDevice>, PathBuf, Arc<Events>) {
+pub fn start(
+    name: &str,
+    config: ServerConfig,
+) -> (RunningServer<TestDevice>, PathBuf, Arc<Events>) {
     let path = sock_path(name);
     let dev = TestDevice::new();
     let events = dev.events.clone();
