@@ -714,7 +714,9 @@ impl<'s, D: Device + 'static> Session<'s, D> {
             }
             Outcome::ErrorAndClose(errno) => {
                 self.stats().errors.fetch_add(1, Ordering::Relaxed);
-                self.send(&wire::error_reply(h.msg_id, h.command, errno), &[]);
+                if !h.no_reply() {
+                    self.send(&wire::error_reply(h.msg_id, h.command, errno), &[]);
+                }
                 false
             }
         }

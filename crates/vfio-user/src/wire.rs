@@ -575,6 +575,28 @@ impl Capabilities {
     }
 }
 
+/// Serde's derived struct deserializers also accept a JSON array (fields by position); the
+/// spec's capability values are objects, so the shape is checked on the raw value first.
+fn check_json_shape(v: &serde_json::Value) -> Result<()> {
+    let obj = |v: &serde_json::Value, what: &str| -> Result<()> {
+        if v.is_object() {
+            Ok(())
+        } else {
+            Err(DecodeError::Json(format!("{what} is not an object")))
+        }
+    };
+    obj(v, "the VERSION JSON")?;
+    if let Some(caps) = v.get("capabilities") {
+        obj(caps, "capabilities")?;
+        for key in ["migration", "twin_socket"] {
+            if let Some(inner) = caps.get(key) {
+                obj(inner, key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A VERSION message (request or reply: the same layout).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Version {
@@ -610,8 +632,11 @@ impl Version {
             if text.trim().is_empty() {
                 None
             } else {
-                let parsed: CapsJson =
+                let value: serde_json::Value =
                     serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+                check_json_shape(&value)?;
+                let parsed: CapsJson =
+                    serde_json::from_value(value).map_err(|e| DecodeError::Json(e.to_string()))?;
                 if let Some(c) = &parsed.capabilities {
                     c.validate()?;
                 }
@@ -1848,6 +1873,10 @@ mod tests {
             b"{\"capabilities\":{\"pgsizes\":4095}}\0",
             b"{\"capabilities\":{\"max_data_xfer_size\":0}}\0",
             b"{\"capabilities\":{\"twin_socket\":true}}\0",
+            b"{\"capabilities\":[8]}\0",                // arrays are not objects
+            b"{\"capabilities\":{\"migration\":[]}}\0",
+            b"{\"capabilities\":{\"twin_socket\":[true]}}\0",
+            b"[]\0",
             b"{}\0{}\0",                                 // NUL inside
             b"\xff\0",                                   // not UTF-8
         ];
