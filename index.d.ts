@@ -9,6 +9,209 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** Client memory mapped for the device's DMA (`NativeClient.allocDma`). */
+export declare class DmaBuffer {
+  /** The first IOVA the device sees this memory at. */
+  get iova(): bigint
+  /** Size in bytes. */
+  get size(): number
+  /** Whether the memory's fd was passed to the server. */
+  get fdShared(): boolean
+  /** Copies `length` bytes out of the buffer at `offset`. */
+  read(offset: number, length: number): Buffer
+  /** Copies `data` into the buffer at `offset`. */
+  write(offset: number, data: Buffer): void
+}
+
+/** A vfio-user client connected to one device. */
+export declare class NativeClient {
+  /**
+   * Connects to the vfio-user socket at `path`, negotiates, and reads the
+   * device and region info.
+   *
+   * Throws `ERR_VFU_ENOENT` (no socket) or `ERR_VFU_ECONNREFUSED` (nobody
+   * listening), `ERR_VFU_EAGAIN` when the server does not answer in time,
+   * `ERR_EMUDEV_INVALID_ARG` for bad options.
+   */
+  static connect(path: string, options?: ConnectOptions | undefined | null): NativeClient
+  /** The socket path. */
+  get path(): string
+  /** Whether a twin socket was negotiated. */
+  get twinSocket(): boolean
+  /** Whether `close()` was called. */
+  get closed(): boolean
+  /** The device info read at connect time. */
+  deviceInfo(): DeviceInfo
+  /** Every region's description, read at connect time. */
+  regions(): Array<RegionDesc>
+  /** Asks the server about IRQ `index`. */
+  irqInfo(index: number): IrqInfo
+  /** Reads `length` bytes of region `index` at `offset`. */
+  regionRead(index: number, offset: number, length: number): Buffer
+  /** Writes `data` to region `index` at `offset`. */
+  regionWrite(index: number, offset: number, data: Buffer): void
+  /** Reads a little-endian u32 from region `index` at `offset`. */
+  readU32(index: number, offset: number): number
+  /** Writes a u32 (0 to 2^32 - 1) to region `index` at `offset`. */
+  writeU32(index: number, offset: number, value: number): void
+  /** Reads a u64 from region `index` at `offset`, as a bigint. */
+  readU64(index: number, offset: number): bigint
+  /** Writes a u64 (a bigint from 0n to 2n ** 64n - 1n) to region `index` at `offset`. */
+  writeU64(index: number, offset: number, value: bigint): void
+  /**
+   * Allocates `size` bytes of zeroed memory and DMA-maps it for the device at
+   * `iova`. With `shareFd` (the default) the server maps the memory itself;
+   * without it, it reaches the memory by DMA_READ/DMA_WRITE messages.
+   */
+  allocDma(iova: bigint, size: number, shareFd?: boolean | undefined | null): DmaBuffer
+  /**
+   * Creates `count` eventfds and binds them to vectors `0..count` of IRQ
+   * `index`, replacing the ones an earlier call bound; `waitIrq` waits on them.
+   */
+  enableIrqs(index: number, count: number): void
+  /**
+   * Waits (on a worker thread) until vector `vector` of IRQ `index` fires,
+   * and resolves with the eventfd counter: how many interrupts arrived since
+   * the last wait. Rejects with `ERR_EMUDEV_TIMEOUT` after `timeoutMs`,
+   * `ERR_EMUDEV_CLOSED` if the client is (or gets) closed, and
+   * `ERR_EMUDEV_INVALID_ARG` when `enableIrqs` bound no eventfd there.
+   */
+  waitIrq(index: number, vector: number, timeoutMs: number): Promise<number>
+  /** Resets the device (`DEVICE_RESET`). */
+  reset(): void
+  /**
+   * Disconnects (on a worker thread): the server drops this client's DMA
+   * maps and interrupts, the client's DMA memory and eventfds are freed and
+   * pending `waitIrq` calls reject with `ERR_EMUDEV_CLOSED`. Idempotent: a
+   * second call resolves once the first one has finished.
+   */
+  close(): Promise<void>
+}
+
+/**
+ * An `edu` device served over vfio-user on a UNIX socket.
+ *
+ * One client at a time; a client that leaves loses its DMA maps and
+ * interrupts, the device keeps its state for the next one.
+ */
+export declare class NativeServer {
+  /**
+   * Serves a new edu device on the UNIX socket at `path` (mode 0600).
+   *
+   * A stale socket file (nobody listening) is replaced. Throws
+   * `ERR_EMUDEV_SOCKET_IN_USE` when a live server listens there,
+   * `ERR_EMUDEV_NOT_A_SOCKET` when something else is at the path, and
+   * `ERR_VFU_<ERRNO>` for other OS errors (`ERR_VFU_ENOENT` for a missing
+   * directory, `ERR_VFU_EACCES`, `ERR_VFU_EINVAL` for a path too long).
+   */
+  static listenEdu(path: string): NativeServer
+  /** The socket path. */
+  get path(): string
+  /** The device served: `"emu_edu"`. */
+  get device(): 'emu_edu'
+  /** Whether `close()` was called. */
+  get closed(): boolean
+  /** The server's counters now. Throws `ERR_EMUDEV_CLOSED` after `close()`. */
+  stats(): ServerStats
+  /** The edu device's counters now. Throws `ERR_EMUDEV_CLOSED` after `close()`. */
+  eduStats(): EduStats
+  /**
+   * Stops the server: disconnects the client, joins the server thread (on
+   * a worker thread) and removes the socket file. Idempotent: a second call
+   * resolves once the first one has finished.
+   */
+  close(): Promise<void>
+}
+
+/** Options of `NativeClient.connect`. */
+export interface ConnectOptions {
+  /** Ask for a twin socket for server-to-client DMA messages (default false). */
+  twinSocket?: boolean
+  /** How long to wait for any reply, in milliseconds (default 5000, 1 to 3600000). */
+  timeoutMs?: number
+}
+
+/** What `deviceInfo()` returns (`DEVICE_GET_INFO`). */
+export interface DeviceInfo {
+  /** `VFIO_DEVICE_FLAGS_*` (RESET = 1, PCI = 2). */
+  flags: number
+  /** Number of regions (9 for a PCI device). */
+  numRegions: number
+  /** Number of IRQ indexes (5 for a PCI device). */
+  numIrqs: number
+}
+
+/**
+ * The `edu` device's register map and constants, so JavaScript need not
+ * repeat them.
+ */
+export declare function eduLayout(): EduLayout
+
+/**
+ * Register offsets and constants of the `edu` device, as `eduLayout()` returns them.
+ *
+ * BAR0 is region 0 and PCI config space is region 7 (the VFIO PCI indexes);
+ * MSI is IRQ index 1, INTx index 0.
+ */
+export interface EduLayout {
+  /** Value of the identification register (0x010000ed: version 1.0, 0xed). */
+  idValue: number
+  /** Size of BAR0 in bytes. */
+  bar0Size: number
+  /** Offset of the MSI capability in config space. */
+  msiCapOffset: number
+  /** EDU-side address of the DMA buffer. */
+  dmaBufAddr: number
+  /** Size of the DMA buffer in bytes. */
+  dmaBufSize: number
+  /** RO identification register. */
+  regId: number
+  /** RW liveness register (reads return the NOT of the last write). */
+  regLiveness: number
+  /** RW factorial register. */
+  regFactorial: number
+  /** RW status register. */
+  regStatus: number
+  /** RO interrupt status. */
+  regIrqStatus: number
+  /** WO interrupt raise. */
+  regIrqRaise: number
+  /** WO interrupt acknowledge. */
+  regIrqAck: number
+  /** DMA source address (64-bit). */
+  regDmaSrc: number
+  /** DMA destination address (64-bit). */
+  regDmaDst: number
+  /** DMA byte count (64-bit). */
+  regDmaCount: number
+  /** DMA command (64-bit). */
+  regDmaCmd: number
+  /** DMA command bit: start. */
+  dmaCmdStart: number
+  /** DMA command bit: EDU buffer to RAM (clear: RAM to EDU buffer). */
+  dmaCmdToRam: number
+  /** DMA command bit: raise an interrupt when done. */
+  dmaCmdIrq: number
+}
+
+/** The edu device's counters (`NativeServer.eduStats()`). */
+export interface EduStats {
+  /** BAR0 reads. */
+  mmioReads: number
+  /** BAR0 writes. */
+  mmioWrites: number
+  /** DMA transfers that completed. */
+  dmaTransfers: number
+  /** DMA transfers that ended without copying. */
+  dmaErrors: number
+  /** Interrupts the device tried to signal. */
+  irqsRaised: number
+  /** Of those, the ones nobody received. */
+  irqsUndelivered: number
+  /** BAR0 accesses of a wrong size or alignment. */
+  badAccesses: number
+}
+
 /**
  * The symbolic name of a Linux errno as vfio-user replies carry it:
  * `errnoName(22) === "EINVAL"`.
@@ -18,6 +221,14 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare function errnoName(errno: number): string
 
+/** What `irqInfo()` returns (`DEVICE_GET_IRQ_INFO`). */
+export interface IrqInfo {
+  /** `VFIO_IRQ_INFO_*` (EVENTFD = 1, MASKABLE = 2, AUTOMASKED = 4, NORESIZE = 8). */
+  flags: number
+  /** Number of vectors (0: the index is not supported). */
+  count: number
+}
+
 /**
  * The version of the native addon (the crate version), e.g. `"0.1.0"`.
  *
@@ -25,3 +236,48 @@ export declare function errnoName(errno: number): string
  * a stale `.node` file.
  */
 export declare function nativeVersion(): string
+
+/**
+ * What `regions()` returns for each region (`DEVICE_GET_REGION_INFO`).
+ *
+ * `size` and the sparse areas are `bigint`: a server may report any 64-bit
+ * size. Offsets passed to `regionRead`/`regionWrite` are `number`s.
+ */
+export interface RegionDesc {
+  /** Region index (BAR0-5 = 0-5, ROM = 6, config space = 7, VGA = 8). */
+  index: number
+  /** `VFIO_REGION_INFO_FLAG_*` (READ = 1, WRITE = 2, MMAP = 4, CAPS = 8). */
+  flags: number
+  /** Size in bytes; 0 for an absent region. */
+  size: bigint
+  /** Whether the region can be read. */
+  readable: boolean
+  /** Whether the region can be written. */
+  writable: boolean
+  /** Whether the region can be mmapped (the server sent an fd). */
+  mappable: boolean
+  /** The mmappable areas, as the server listed them (empty: none listed). */
+  sparseAreas: Array<SparseArea>
+}
+
+/** A server's counters (`NativeServer.stats()`); counts are exact up to 2^53. */
+export interface ServerStats {
+  /** Clients accepted so far. */
+  clients: number
+  /** Messages received. */
+  messages: number
+  /** Requests answered with an error. */
+  errors: number
+  /** Server-to-client DMA requests sent. */
+  dmaRequests: number
+  /** Whether a client is connected now. */
+  connected: boolean
+}
+
+/** One sparse-mmap area of a region, relative to the region's start. */
+export interface SparseArea {
+  /** Offset inside the region. */
+  offset: bigint
+  /** Size in bytes. */
+  size: bigint
+}

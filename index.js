@@ -835,5 +835,9 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.DmaBuffer = nativeBinding.DmaBuffer
+module.exports.NativeClient = nativeBinding.NativeClient
+module.exports.NativeServer = nativeBinding.NativeServer
+module.exports.eduLayout = nativeBinding.eduLayout
 module.exports.errnoName = nativeBinding.errnoName
 module.exports.nativeVersion = nativeBinding.nativeVersion

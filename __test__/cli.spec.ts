@@ -1,23 +1,15 @@
-import { spawnSync, execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, statSync } from 'node:fs'
-import { join } from 'node:path'
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { createServer } from 'node:net'
 
 import test from 'ava'
 
-const root = join(__dirname, '..')
-const cli = join(root, 'dist', 'cli.js')
+import { NativeClient, eduLayout } from '../src/index'
+import { cli, collectStderr, ensureDistBuilt, killOnTeardown, tempSocket, waitFor, waitForExit } from './helpers'
 
 // These tests run the built CLI as a user would. Rebuild the TypeScript first
 // if dist/ is missing or older than any source file, so a stale build is never tested.
-test.before(() => {
-  const src = join(root, 'src')
-  const newest = Math.max(...readdirSync(src).map((f) => statSync(join(src, f)).mtimeMs))
-  if (!existsSync(cli) || statSync(cli).mtimeMs < newest) {
-    execFileSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], {
-      stdio: 'inherit',
-    })
-  }
-})
+test.before(ensureDistBuilt)
 
 function run(...args: string[]) {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
@@ -81,8 +73,45 @@ test('serve without --vdev, a missing value, a stray argument or no command exit
   for (const args of [['serve'], ['serve', '--vdev'], ['launch'], []]) t.is(run(...args).code, 2, args.join(' '))
 })
 
-test('serve with valid devices says it is not wired yet and exits 1', (t) => {
-  const r = run('serve', '--vdev', 'emu_edu0,sock=/tmp/e.sock')
-  t.is(r.code, 1)
-  t.is(r.stderr, 'serve: not yet wired to the native server\n')
+test('serve of a driver that is not available yet exits 2 without touching sockets', (t) => {
+  const sock = tempSocket(t)
+  const r = run('serve', '--vdev', `emu_edu0,sock=${sock}`, '--vdev', `emu_iavf0,sock=${sock}.iavf`)
+  t.is(r.code, 2)
+  t.is(r.stderr, 'emudev serve: emu_iavf is not available yet\n')
+  t.false(existsSync(sock))
 })
+
+test('serve on a socket in use exits 1 with a one-line message', async (t) => {
+  const sock = tempSocket(t)
+  const other = createServer()
+  await new Promise<void>((resolve) => other.listen(sock, resolve))
+  t.teardown(() => new Promise<void>((resolve) => other.close(() => resolve())))
+  const child = spawn(process.execPath, [cli, 'serve', '--vdev', `emu_edu0,sock=${sock}`], { stdio: ['ignore', 'pipe', 'pipe'] })
+  killOnTeardown(t, child)
+  const stderr = collectStderr(child)
+  t.is(await waitForExit(child, 10_000), 1)
+  t.is(stderr(), `emudev serve: emu_edu0: ${sock} is in use by a running server\n`)
+})
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  test(`serve brings a device up for a client, and ${signal} exits 0 and removes the socket`, async (t) => {
+    const sock = tempSocket(t)
+    const child = spawn(process.execPath, [cli, 'serve', '--vdev', `emu_edu0,sock=${sock}`], { stdio: ['ignore', 'pipe', 'pipe'] })
+    killOnTeardown(t, child)
+    const stderr = collectStderr(child)
+    t.true(await waitFor(() => stderr().includes('listening'), 10_000), stderr())
+    t.true(existsSync(sock))
+    const client = NativeClient.connect(sock)
+    t.is(client.readU32(0, eduLayout().regId), 0x010000ed)
+    t.true(await waitFor(() => stderr().includes('client connected'), 5000), stderr())
+    await client.close()
+    t.true(await waitFor(() => stderr().includes('client disconnected'), 5000), stderr())
+    child.kill(signal)
+    t.is(await waitForExit(child, 10_000), 0)
+    t.false(existsSync(sock), 'the socket is removed')
+    const lines = stderr().trimEnd().split('\n')
+    t.is(lines[0], `emudev: emu_edu0 (emu_edu) listening on ${sock}`)
+    t.is(lines.at(-2), `emudev: ${signal}, stopping`)
+    t.is(lines.at(-1), 'emudev: stopped')
+  })
+}

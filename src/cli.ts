@@ -2,14 +2,20 @@
 /**
  * The `emudev` command.
  *
- * Exit codes: 0 success, 1 a command failed, 2 bad usage (unknown command or
- * option, missing or malformed value, bad `--vdev`). Errors are one line on
- * stderr naming the bad part; help goes to stdout.
+ * Exit codes: 0 success, 1 a command failed (e.g. a socket in use), 2 bad
+ * usage (unknown command or option, missing or malformed value, bad `--vdev`,
+ * a driver that cannot be served yet). Errors are one line on stderr naming
+ * the bad part; help goes to stdout.
+ *
+ * `emudev serve` runs in the foreground: it logs to stderr when each device
+ * listens and when clients come and go (polled every 500 ms), and on SIGINT
+ * or SIGTERM closes every server, which removes its socket, and exits 0.
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { parseVdevList, VdevError, DRIVERS, allowedKeys } from './config'
+import type { ServeHandle } from './server'
 
 /** Where the CLI writes; `main` takes it so tests can capture output. */
 export interface CliIo {
@@ -102,27 +108,112 @@ function nativeVersion(): string {
   return native.nativeVersion()
 }
 
-function serve(args: string[], io: CliIo): number {
+/** How often `serve` looks at the servers' counters to log client changes. */
+const STATS_POLL_MS = 500
+
+/** What `serve` last saw of one device, to log only changes. */
+interface SeenStats {
+  clients: number
+  connected: boolean
+}
+
+/** Logs client arrivals and departures of `devices` since `seen`, updating it. */
+function logClientChanges(handle: ServeHandle, seen: SeenStats[], io: CliIo): void {
+  for (const [i, dev] of handle.devices.entries()) {
+    const before = seen[i]
+    if (before === undefined) continue
+    let now
+    try {
+      now = dev.server.stats()
+    } catch {
+      continue // closed meanwhile
+    }
+    const arrived = now.clients > before.clients
+    if (arrived) io.stderr(`emudev: ${dev.name}: client connected\n`)
+    if (!now.connected && (before.connected || arrived)) {
+      io.stderr(`emudev: ${dev.name}: client disconnected (${now.messages} messages, ${now.errors} errors so far)\n`)
+    }
+    seen[i] = { clients: now.clients, connected: now.connected }
+  }
+}
+
+/** Waits for the first SIGINT or SIGTERM from the moment it is created. */
+interface StopSignal {
+  /** Resolves with the signal's name. */
+  readonly received: Promise<NodeJS.Signals>
+  /** Stops listening (without resolving). */
+  cancel(): void
+}
+
+/**
+ * Starts listening for SIGINT and SIGTERM. Listening starts before any server
+ * does, so a signal that arrives while they start is not lost (nor fatal):
+ * the servers stop as soon as they have started.
+ */
+function stopSignal(): StopSignal {
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM']
+  let onSignal: (signal: NodeJS.Signals) => void = () => {}
+  const cancel = (): void => {
+    for (const s of signals) process.off(s, onSignal)
+  }
+  const received = new Promise<NodeJS.Signals>((resolve) => {
+    onSignal = (signal) => {
+      cancel()
+      resolve(signal)
+    }
+  })
+  for (const s of signals) process.on(s, onSignal)
+  return { received, cancel }
+}
+
+async function serveCommand(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseOptions(args, SERVE_OPTIONS, 'emudev serve')
   if (values.help === true) {
     io.stdout(serveHelp())
     return EXIT_OK
   }
   if (positionals.length > 0) throw new UsageError(`emudev serve: unexpected argument '${positionals[0]}'`)
-  const vdevs = (values.vdev ?? []) as string[]
-  if (vdevs.length === 0) throw new UsageError("emudev serve: at least one --vdev is required (e.g. --vdev 'emu_edu0,sock=/tmp/edu.sock')")
+  const strings = (values.vdev ?? []) as string[]
+  if (strings.length === 0) throw new UsageError("emudev serve: at least one --vdev is required (e.g. --vdev 'emu_edu0,sock=/tmp/edu.sock')")
+  let vdevs
   try {
-    parseVdevList(vdevs)
+    vdevs = parseVdevList(strings)
   } catch (err) {
     if (err instanceof VdevError) throw new UsageError(`emudev serve: --vdev '${err.vdev}': ${err.message}`)
     throw err
   }
-  io.stderr('serve: not yet wired to the native server\n')
-  return EXIT_FAILURE
+  // Loaded here: --help and usage errors work even without a built addon.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { serve, ServeError, DRIVER_UNAVAILABLE_CODE } = require('./server') as typeof import('./server')
+  const stop = stopSignal()
+  let handle: ServeHandle
+  try {
+    handle = await serve(vdevs)
+  } catch (err) {
+    stop.cancel()
+    if (err instanceof ServeError) {
+      io.stderr(`emudev serve: ${err.message}\n`)
+      return err.code === DRIVER_UNAVAILABLE_CODE ? EXIT_USAGE : EXIT_FAILURE
+    }
+    throw err
+  }
+  for (const dev of handle.devices) io.stderr(`emudev: ${dev.name} (${dev.server.device}) listening on ${dev.path}\n`)
+  const seen: SeenStats[] = handle.devices.map(() => ({ clients: 0, connected: false }))
+  const timer = setInterval(() => logClientChanges(handle, seen, io), STATS_POLL_MS)
+  const signal = await stop.received
+  clearInterval(timer)
+  logClientChanges(handle, seen, io)
+  io.stderr(`emudev: ${signal}, stopping\n`)
+  await handle.close()
+  io.stderr('emudev: stopped\n')
+  return EXIT_OK
 }
 
-/** Runs the CLI on `argv` (without the node and script paths) and returns the exit code. */
-export function main(argv: string[], io: CliIo): number {
+/**
+ * Runs the CLI on `argv` (without the node and script paths) and resolves with
+ * the exit code. `serve` resolves only after SIGINT or SIGTERM stopped it.
+ */
+export async function main(argv: string[], io: CliIo): Promise<number> {
   try {
     const [first, ...rest] = argv
     if (first === undefined || first.startsWith('-')) {
@@ -142,7 +233,7 @@ export function main(argv: string[], io: CliIo): number {
     }
     switch (first) {
       case 'serve':
-        return serve(rest, io)
+        return await serveCommand(rest, io)
       default:
         throw new UsageError(`emudev: unknown command '${first}' (try 'emudev --help')`)
     }
@@ -156,8 +247,16 @@ export function main(argv: string[], io: CliIo): number {
 }
 
 if (require.main === module) {
-  process.exitCode = main(process.argv.slice(2), {
+  main(process.argv.slice(2), {
     stdout: (text) => process.stdout.write(text),
     stderr: (text) => process.stderr.write(text),
-  })
+  }).then(
+    (code) => {
+      process.exitCode = code
+    },
+    (err: unknown) => {
+      process.stderr.write(`emudev: ${err instanceof Error ? err.message : String(err)}\n`)
+      process.exitCode = EXIT_FAILURE
+    },
+  )
 }

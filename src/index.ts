@@ -3,10 +3,30 @@
  *
  * The public API of the npm package. The Rust core does the work; this entry
  * point re-exports the typed native binding and the TypeScript layers on top
- * of it (device-string parsing today; the device and client APIs as they land).
+ * of it: device strings, serving devices, and the vfio-user client.
+ *
+ * - `NativeServer.listenEdu(path)` serves the QEMU `edu` device on a socket;
+ *   `serve(parseVdevList([...]))` does it for a list of device strings.
+ * - `NativeClient.connect(path)` is a vfio-user client: region access, DMA
+ *   buffers (`allocDma`), interrupts (`enableIrqs`, `waitIrq`).
+ * - Every native object has an async `close()`; call it when done (nothing
+ *   native keeps the process alive, but sockets and memory are freed there).
  */
-export { native, isNativeError } from './native'
+export { native, isNativeError, NATIVE_ERROR_CODES } from './native'
 export type { NativeBinding, NativeError, NativeErrorCode } from './native'
+export { serve, ServeError, DRIVER_UNAVAILABLE_CODE } from './server'
+export type { ServeHandle, ServedDevice } from './server'
+export { NativeServer, NativeClient, DmaBuffer, eduLayout } from '../index.js'
+export type {
+  ConnectOptions,
+  DeviceInfo,
+  RegionDesc,
+  SparseArea,
+  IrqInfo,
+  ServerStats,
+  EduStats,
+  EduLayout,
+} from '../index.js'
 export {
   parseVdev,
   parseVdevList,

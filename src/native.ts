@@ -9,9 +9,12 @@
  * root loader from both `src/` (tests under tsx) and `dist/` (the build).
  *
  * Native errors carry a stable `code` (see `crates/node/src/error.rs`):
- * `ERR_VFU_<ERRNO>` when a vfio-user operation failed with that errno,
- * `ERR_VFU_UNKNOWN` for an errno the addon cannot name, and
- * `ERR_EMUDEV_INVALID_ARG` for an argument the addon rejected.
+ * `ERR_VFU_<ERRNO>` when a vfio-user or OS operation failed with that errno,
+ * `ERR_VFU_UNKNOWN` for an errno the addon cannot name,
+ * `ERR_EMUDEV_INVALID_ARG` for an argument the addon rejected,
+ * `ERR_EMUDEV_SOCKET_IN_USE` / `ERR_EMUDEV_NOT_A_SOCKET` when a server cannot
+ * take its socket path, `ERR_EMUDEV_CLOSED` for a call after `close()`, and
+ * `ERR_EMUDEV_TIMEOUT` when `waitIrq` ran out of time.
  */
 import binding = require('../index.js')
 
@@ -22,7 +25,24 @@ export type NativeBinding = typeof binding
 export const native: NativeBinding = binding
 
 /** The `code` of an error thrown by the native addon. */
-export type NativeErrorCode = 'ERR_VFU_UNKNOWN' | 'ERR_EMUDEV_INVALID_ARG' | `ERR_VFU_E${string}`
+export type NativeErrorCode =
+  | 'ERR_VFU_UNKNOWN'
+  | 'ERR_EMUDEV_INVALID_ARG'
+  | 'ERR_EMUDEV_SOCKET_IN_USE'
+  | 'ERR_EMUDEV_NOT_A_SOCKET'
+  | 'ERR_EMUDEV_CLOSED'
+  | 'ERR_EMUDEV_TIMEOUT'
+  | `ERR_VFU_E${string}`
+
+/** The fixed (non-errno) codes of {@link NativeErrorCode}. */
+export const NATIVE_ERROR_CODES: readonly NativeErrorCode[] = [
+  'ERR_VFU_UNKNOWN',
+  'ERR_EMUDEV_INVALID_ARG',
+  'ERR_EMUDEV_SOCKET_IN_USE',
+  'ERR_EMUDEV_NOT_A_SOCKET',
+  'ERR_EMUDEV_CLOSED',
+  'ERR_EMUDEV_TIMEOUT',
+]
 
 /** An error thrown by the native addon. */
 export interface NativeError extends Error {
@@ -37,6 +57,6 @@ export function isNativeError(err: unknown, code?: NativeErrorCode): err is Nati
   if (!(err instanceof Error)) return false
   const actual = (err as { code?: unknown }).code
   if (typeof actual !== 'string') return false
-  const known = actual === 'ERR_VFU_UNKNOWN' || actual === 'ERR_EMUDEV_INVALID_ARG' || /^ERR_VFU_E[0-9A-Z]+$/.test(actual)
+  const known = (NATIVE_ERROR_CODES as readonly string[]).includes(actual) || /^ERR_VFU_E[0-9A-Z]+$/.test(actual)
   return known && (code === undefined || actual === code)
 }

@@ -8,6 +8,14 @@
 //! | `ERR_VFU_<NAME>`         | a vfio-user operation failed with errno `<NAME>` (`ERR_VFU_EINVAL`) |
 //! | `ERR_VFU_UNKNOWN`        | a vfio-user operation failed with an errno not in [`ERRNO_TABLE`] |
 //! | `ERR_EMUDEV_INVALID_ARG` | an argument passed from JavaScript was rejected            |
+//! | `ERR_EMUDEV_SOCKET_IN_USE` | a live server already listens on the socket path         |
+//! | `ERR_EMUDEV_NOT_A_SOCKET` | something that is not a socket is at the socket path      |
+//! | `ERR_EMUDEV_CLOSED`      | the object was closed (`close()` was called)               |
+//! | `ERR_EMUDEV_TIMEOUT`     | a wait (`waitIrq`) ran out of time                         |
+//!
+//! OS errors (a failed `bind`, `connect`, thread spawn) use the `ERR_VFU_<NAME>`
+//! codes too: the errno is the same vocabulary whether it came from the kernel
+//! or from a vfio-user reply.
 //!
 //! The mechanism is napi's `Error<S: AsRef<str>>`: the status `S` becomes
 //! `error.code` and the reason becomes `error.message`. [`ErrorCode`] is our
@@ -22,6 +30,7 @@
 //! which is what the vfio-user protocol carries in a reply's error field.
 
 use std::fmt;
+use std::io;
 
 /// A napi error whose JS `error.code` is one of this module's stable codes.
 pub type NativeError = napi::Error<ErrorCode>;
@@ -38,6 +47,14 @@ pub enum ErrorCode {
     UnknownErrno,
     /// An argument passed from JavaScript was rejected.
     InvalidArg,
+    /// A live server already listens on the socket path.
+    SocketInUse,
+    /// Something that is not a socket is at the socket path.
+    NotASocket,
+    /// The object was closed.
+    Closed,
+    /// A wait ran out of time.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -47,6 +64,10 @@ impl ErrorCode {
             Self::Errno(errno) => errno.code(),
             Self::UnknownErrno => "ERR_VFU_UNKNOWN",
             Self::InvalidArg => "ERR_EMUDEV_INVALID_ARG",
+            Self::SocketInUse => "ERR_EMUDEV_SOCKET_IN_USE",
+            Self::NotASocket => "ERR_EMUDEV_NOT_A_SOCKET",
+            Self::Closed => "ERR_EMUDEV_CLOSED",
+            Self::Timeout => "ERR_EMUDEV_TIMEOUT",
         }
     }
 }
@@ -196,9 +217,51 @@ pub fn errno_error(errno: i32, context: &str) -> NativeError {
     }
 }
 
+/// An error whose code names `errno` and whose message is `message` as is.
+///
+/// For failures that already describe themselves (a `ClientError`, an
+/// `io::Error`): the code is `ERR_VFU_<NAME>` (or `ERR_VFU_UNKNOWN`) and the
+/// message is not decorated further.
+pub fn errno_error_with_message(errno: i32, message: impl Into<String>) -> NativeError {
+    let code = Errno::from_raw(errno).map_or(ErrorCode::UnknownErrno, ErrorCode::Errno);
+    napi::Error::new(code, message.into())
+}
+
+/// The errno an `io::Error` stands for: its OS error when it has one, else the
+/// errno closest to its kind (`EIO` when nothing fits).
+pub fn io_errno(e: &io::Error) -> i32 {
+    if let Some(raw) = e.raw_os_error() {
+        return raw;
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => 2,
+        io::ErrorKind::PermissionDenied => 13,
+        io::ErrorKind::WouldBlock => 11,
+        io::ErrorKind::AlreadyExists => 17,
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => 22,
+        io::ErrorKind::BrokenPipe => 32,
+        io::ErrorKind::AddrInUse => 98,
+        io::ErrorKind::ConnectionReset => 104,
+        io::ErrorKind::NotConnected => 107,
+        io::ErrorKind::TimedOut => 110,
+        io::ErrorKind::ConnectionRefused => 111,
+        _ => 5,
+    }
+}
+
+/// The error for an OS-level failure: `"{context}: {e}"` with the errno's code.
+pub fn io_error(e: &io::Error, context: &str) -> NativeError {
+    errno_error_with_message(io_errno(e), format!("{context}: {e}"))
+}
+
 /// The error for an argument from JavaScript that the addon rejects.
 pub fn invalid_arg(reason: impl Into<String>) -> NativeError {
     napi::Error::new(ErrorCode::InvalidArg, reason.into())
+}
+
+/// The error for a method called after `close()`; `what` names the object.
+pub fn closed(what: &str) -> NativeError {
+    napi::Error::new(ErrorCode::Closed, format!("{what} is closed"))
 }
 
 #[cfg(test)]
@@ -312,6 +375,44 @@ mod tests {
         for raw in [0, -1, 15, 41, 126, i32::MIN] {
             assert_eq!(Errno::from_raw(raw), None, "{raw}");
         }
+    }
+
+    #[test]
+    fn domain_codes_are_the_documented_strings() {
+        assert_eq!(ErrorCode::SocketInUse.as_str(), "ERR_EMUDEV_SOCKET_IN_USE");
+        assert_eq!(ErrorCode::NotASocket.as_str(), "ERR_EMUDEV_NOT_A_SOCKET");
+        assert_eq!(ErrorCode::Closed.as_str(), "ERR_EMUDEV_CLOSED");
+        assert_eq!(ErrorCode::Timeout.as_str(), "ERR_EMUDEV_TIMEOUT");
+        let err = closed("NativeClient");
+        assert_eq!(err.status, ErrorCode::Closed);
+        assert_eq!(err.reason, "NativeClient is closed");
+    }
+
+    #[test]
+    fn errno_error_with_message_keeps_the_message() {
+        let err = errno_error_with_message(2, "cannot connect to /x: gone");
+        assert_eq!(err.status.as_str(), "ERR_VFU_ENOENT");
+        assert_eq!(err.reason, "cannot connect to /x: gone");
+        let unknown = errno_error_with_message(4095, "odd");
+        assert_eq!(unknown.status, ErrorCode::UnknownErrno);
+        assert_eq!(unknown.reason, "odd");
+    }
+
+    #[test]
+    fn io_errors_use_the_os_errno_or_the_kind() {
+        let os = io::Error::from_raw_os_error(13);
+        assert_eq!(io_errno(&os), 13);
+        let err = io_error(&os, "bind");
+        assert_eq!(err.status.as_str(), "ERR_VFU_EACCES");
+        assert!(err.reason.starts_with("bind: "), "{}", err.reason);
+        // Errors without an OS code map by kind; the fallback is EIO.
+        assert_eq!(io_errno(&io::Error::from(io::ErrorKind::InvalidInput)), 22);
+        assert_eq!(io_errno(&io::Error::from(io::ErrorKind::TimedOut)), 110);
+        assert_eq!(io_errno(&io::Error::other("strange")), 5);
+        assert_eq!(
+            io_error(&io::Error::other("strange"), "x").status.as_str(),
+            "ERR_VFU_EIO"
+        );
     }
 
     #[test]
