@@ -948,7 +948,9 @@ impl RegionInfoMsg {
             offset: rd_u64(p, Self::OFF_OFFSET),
             sparse: Vec::new(),
         };
-        if m.flags & vfio::VFIO_REGION_INFO_FLAG_CAPS == 0 {
+        // A reply whose argsz is larger than what came is a request to ask again with that
+        // argsz (some servers still set CAPS and cap_offset then); its capabilities are not here.
+        if m.flags & vfio::VFIO_REGION_INFO_FLAG_CAPS == 0 || m.argsz as usize > p.len() {
             return Ok(m);
         }
         let mut off = m.cap_offset as usize;
@@ -1988,9 +1990,17 @@ mod tests {
         assert!(decode_request(&msg(Command::DeviceGetRegionInfo, &u32s(&[32, 0, 0])), 0).is_err());
         // A reply whose cap chain points outside the payload is rejected.
         let mut bad = p.to_vec();
+        bad[0..4].copy_from_slice(&32u32.to_ne_bytes());
         bad[4..8].copy_from_slice(&0xfu32.to_ne_bytes());
         bad[12..16].copy_from_slice(&200u32.to_ne_bytes());
         assert!(RegionInfoMsg::decode_reply(&bad).is_err());
+        // A short reply (argsz 80 > 32 bytes) that still claims CAPS at 32, as the rust-vmm
+        // server sends: not an error, no areas; the client asks again with argsz 80.
+        let mut short = p.to_vec();
+        short[4..8].copy_from_slice(&0xfu32.to_ne_bytes());
+        short[12..16].copy_from_slice(&32u32.to_ne_bytes());
+        let m = RegionInfoMsg::decode_reply(&short).unwrap();
+        assert_eq!((m.argsz, m.sparse.len()), (80, 0));
     }
 
     #[test]
