@@ -799,7 +799,7 @@ impl DeviceInfoMsg {
     const OFF_NUM_REGIONS: usize = offset_of!(vfio::vfio_device_info, num_regions);
     const OFF_NUM_IRQS: usize = offset_of!(vfio::vfio_device_info, num_irqs);
 
-    /// Decodes a request: argsz >= 16 and the other fields zero.
+    /// Decodes a request: argsz >= 16; the other fields are ignored (clients send zeros).
     pub fn decode_request(p: &[u8]) -> Result<DeviceInfoMsg> {
         exact("DEVICE_GET_INFO", p, Self::SIZE, "16")?;
         let m = Self::decode_unchecked(p);
