@@ -6,8 +6,9 @@
 //! vector. It is the smallest complete device in emudev.
 //!
 //! - [`EduDevice`] implements [`emudev_vfio_user::Device`]; hand it to the server.
-//! - [`config`] is a device-neutral conventional PCI config space (per-byte writable masks,
-//!   BAR sizing, capability list, MSI) that edu builds its header with.
+//! - It is built on `emudev-pci`: an [`emudev_pci::PciFunction`] behind the
+//!   [`emudev_pci::PciDevice`] adapter. [`config`] re-exports that crate's config space and
+//!   register names under the path they had when the config space lived here.
 //! - [`regs`] names the BAR0 registers and their bits.
 //! - [`EduStats`] counts what the device did; [`EduStatsHandle`] reads them from another thread
 //!   once the device belongs to the server.
@@ -16,13 +17,19 @@
 //! the register write (the "computing" status bit is never seen set), and a DMA with a bad
 //! range or an unmapped IOVA ends without copying and is counted instead of aborting the process.
 
-pub mod config;
+/// The PCI config space edu builds its header with, now in `emudev-pci` (re-exported).
+pub mod config {
+    pub use emudev_pci::config::*;
+    pub use emudev_pci::regs::*;
+}
 mod device;
 pub mod regs;
 mod stats;
 
 pub use device::{factorial, DmaTransferError, EduDevice, EduRegisters};
 pub use stats::{EduStats, EduStatsHandle};
+
+pub use emudev_pci;
 
 /// PCI vendor id (QEMU's).
 pub const EDU_VENDOR_ID: u16 = 0x1234;
