@@ -1,0 +1,809 @@
+/**
+ * Real-driver tests: an unmodified Linux guest in QEMU drives emudev's devices.
+ *
+ * `npm run test:guest` (`node --import=tsx guest/harness.ts [--verbose] [--rebuild] [scenario...]`):
+ *
+ * 1. Builds, once, a Debian trixie chroot into `.cache/guest/trixie` (gitignored):
+ *    qemu-system-x86 from trixie-backports (its `vfio-user-pci` is the client),
+ *    the trixie kernel, busybox-static, kmod (`guest/build-chroot.sh`). A stamp
+ *    file records {@link CACHE_VERSION}; a different version rebuilds it.
+ * 2. Builds the guest's busybox initramfs inside the chroot
+ *    (`guest/mkinitramfs.sh`) from `guest/init.sh`, `guest/lib.sh`,
+ *    `guest/scenarios/*.sh` and the kernel modules the scenarios need; rebuilt
+ *    whenever one of those inputs changes.
+ * 3. For each scenario: serves its devices in this process through the native
+ *    binding, on sockets inside the chroot (`/run/emudev/<id>.sock` as QEMU sees
+ *    them), boots the guest under TCG with one `vfio-user-pci` device per
+ *    server and `emudev.scenario=<name>` on the kernel command line, and
+ *    checks the guest's `EMUDEV-CHECK name=value` lines and the servers'
+ *    counters. Each scenario has a time limit; QEMU is killed by pid, sockets
+ *    are removed and nothing stays mounted on every way out (signals too).
+ *
+ * Needs root (chroot, mknod, debootstrap) and the host's apt sources to name
+ * a Debian mirror (or `EMUDEV_DEBIAN_MIRROR`). Environment:
+ * `EMUDEV_GUEST_CACHE` (cache folder), `EMUDEV_GUEST_TIMEOUT_S` (per-scenario
+ * limit, default 180), `EMUDEV_DEBIAN_MIRROR` / `EMUDEV_DEBIAN_SECURITY_MIRROR`.
+ * Exit status: 0 all scenarios passed, 1 one failed, 2 the harness could not run.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs'
+import { join, resolve } from 'node:path'
+
+import { native } from '../src/native'
+import { findMirrors, MirrorError } from './apt'
+import { QemuTrace } from './trace'
+import type { EduStats, ServerStats } from '../index.js'
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+/** The harness could not run (setup, not a failed scenario). */
+class HarnessError extends Error {}
+
+/**
+ * Bump to rebuild every cached chroot. The stamp also holds a hash of
+ * `build-chroot.sh`, so editing the package list there rebuilds too.
+ */
+const CACHE_VERSION = 1
+
+const ROOT = resolve(__dirname, '..')
+const GUEST_SRC = __dirname
+const CACHE = resolve(process.env.EMUDEV_GUEST_CACHE ?? join(ROOT, '.cache', 'guest'))
+const CH = join(CACHE, 'trixie')
+const CHROOT_STAMP = join(CACHE, 'chroot.stamp')
+/** Where the staged scripts and the initramfs live, inside the chroot. */
+const GUEST_DIR_INSIDE = '/emudev'
+const INITRD_INSIDE = `${GUEST_DIR_INSIDE}/initrd.cpio.gz`
+const SOCK_DIR_INSIDE = '/run/emudev'
+
+const BUILD_LIMIT_MS = 20 * 60_000
+const SCENARIO_LIMIT_MS = secondsFromEnv('EMUDEV_GUEST_TIMEOUT_S', 180) * 1000
+const GUEST_MEMORY_MB = 256
+/** How long a server may take to notice that QEMU is gone. */
+const DISCONNECT_WAIT_MS = 3000
+
+function secondsFromEnv(name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const n = Number(raw)
+  if (!Number.isFinite(n) || n <= 0 || n > 3600) throw new HarnessError(`${name}=${raw}: expected seconds, 1 to 3600`)
+  return n
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+/** A device the harness serves for one boot. */
+interface DeviceUnderTest {
+  /** Socket name (`<id>.sock`) and QEMU device id. */
+  readonly id: string
+  /** Starts serving on `hostPath`. */
+  start(hostPath: string): RunningServer
+}
+
+/** A served device, as the harness sees it. */
+interface RunningServer {
+  stats(): ServerStats
+  /** The device's own counters. */
+  deviceStats(): Record<string, number>
+  close(): Promise<void>
+}
+
+/** A guest measurement (`EMUDEV-CHECK name=value`) and what it must be. */
+interface GuestExpectation {
+  readonly name: string
+  readonly want: string
+  readonly ok: (value: number) => boolean
+}
+
+/** Counters after the run, per device id. */
+interface Counters {
+  readonly server: ServerStats
+  readonly device: Record<string, number>
+}
+
+/** A check of the servers' counters. */
+interface HostCheck {
+  readonly name: string
+  readonly want: string
+  readonly got: (c: Counters) => number | boolean
+  readonly ok: (v: number | boolean) => boolean
+}
+
+interface Scenario {
+  readonly name: string
+  readonly description: string
+  /** Kernel modules (with their dependencies) the initramfs must hold. */
+  readonly modules: readonly string[]
+  readonly devices: readonly DeviceUnderTest[]
+  readonly guest: readonly GuestExpectation[]
+  /** Host checks per device id. */
+  readonly host: Readonly<Record<string, readonly HostCheck[]>>
+}
+
+const equals = (name: string, value: number): GuestExpectation => ({
+  name,
+  want: `0x${value.toString(16)}`,
+  ok: (v) => v === value,
+})
+const atLeast = (name: string, min: number, got: (c: Counters) => number): HostCheck => ({
+  name,
+  want: `>= ${min}`,
+  got,
+  ok: (v) => typeof v === 'number' && v >= min,
+})
+const exactly = (name: string, want: number | boolean, got: (c: Counters) => number | boolean): HostCheck => ({
+  name,
+  want: `== ${String(want)}`,
+  got,
+  ok: (v) => v === want,
+})
+
+/** The common server-side checks: a client came, talked, got no errors, and left. */
+function serverChecks(): HostCheck[] {
+  return [
+    atLeast('clients', 1, (c) => c.server.clients),
+    atLeast('messages', 1, (c) => c.server.messages),
+    exactly('errors', 0, (c) => c.server.errors),
+    exactly('connected after QEMU exit', false, (c) => c.server.connected),
+  ]
+}
+
+function eduDevice(id: string): DeviceUnderTest {
+  return {
+    id,
+    start(hostPath) {
+      const server = native.NativeServer.listenEdu(hostPath)
+      return {
+        stats: () => server.stats(),
+        deviceStats: (): Record<string, number> => ({ ...server.eduStats() }),
+        close: () => server.close(),
+      }
+    },
+  }
+}
+
+const dev = (name: keyof EduStats) => (c: Counters) => c.device[name] ?? Number.NaN
+
+const SCENARIOS: readonly Scenario[] = [
+  {
+    name: 'edu',
+    description: 'native edu device (1234:11e8) driven through BAR0 with devmem',
+    modules: [],
+    devices: [eduDevice('edu0')],
+    guest: [
+      equals('found', 1),
+      equals('enabled', 1),
+      equals('bar0_size', 0x100000),
+      equals('id', 0x010000ed),
+      equals('liveness', 0xedcba987),
+      { name: 'factorial_polls', want: '< 100', ok: (v) => v < 100 },
+      equals('factorial', 3628800),
+      equals('irq_status', 0x1),
+      equals('irq_status_acked', 0x0),
+    ],
+    host: {
+      edu0: [
+        ...serverChecks(),
+        // id, liveness, status (>= 1 poll), factorial, irq status twice
+        atLeast('mmioReads', 6, dev('mmioReads')),
+        // liveness, factorial, raise, ack
+        atLeast('mmioWrites', 4, dev('mmioWrites')),
+        atLeast('irqsRaised', 1, dev('irqsRaised')),
+        exactly('badAccesses', 0, dev('badAccesses')),
+      ],
+    },
+  },
+]
+
+// ---------------------------------------------------------------------------
+// Cleanup on every way out
+
+
+/**
+ * Synchronous undo actions for what is live right now (a QEMU pid, a build
+ * process group, sockets, the lock). The normal path removes each one after
+ * undoing it; a signal or an unexpected exit runs whatever is left.
+ */
+const live = new Map<string, () => void>()
+
+function runLiveCleanups(): void {
+  for (const [key, undo] of [...live.entries()].reverse()) {
+    live.delete(key)
+    try {
+      undo()
+    } catch {
+      // best effort: keep undoing the rest
+    }
+  }
+  try {
+    unmountUnder(CH)
+  } catch {
+    // best effort
+  }
+}
+
+function installSignalHandlers(): void {
+  const onSignal = (signal: NodeJS.Signals, code: number) => () => {
+    process.stderr.write(`\nharness: ${signal}: killing QEMU, removing sockets, undoing mounts\n`)
+    runLiveCleanups()
+    process.exit(code)
+  }
+  process.on('SIGINT', onSignal('SIGINT', 130))
+  process.on('SIGTERM', onSignal('SIGTERM', 143))
+  process.on('SIGHUP', onSignal('SIGHUP', 129))
+  process.on('exit', runLiveCleanups)
+}
+
+/** Kills `pid` (ours) if it is still alive. */
+function killPid(pid: number | undefined, signal: NodeJS.Signals): void {
+  if (pid === undefined) return
+  try {
+    process.kill(pid, signal)
+  } catch {
+    // already gone
+  }
+}
+
+/** Mount points at or under `dir`, deepest first (from /proc/self/mountinfo). */
+function mountsUnder(dir: string): string[] {
+  let info: string
+  try {
+    info = readFileSync('/proc/self/mountinfo', 'utf8')
+  } catch {
+    return []
+  }
+  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)))
+  const points = info
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((p): p is string => p !== undefined)
+    .map(unescape)
+    .filter((p) => p === dir || p.startsWith(`${dir}/`))
+  return [...new Set(points)].sort((a, b) => b.length - a.length)
+}
+
+/** Undoes every mount under `dir`; throws if one stays. */
+function unmountUnder(dir: string): void {
+  for (let round = 0; round < 3; round++) {
+    const points = mountsUnder(dir)
+    if (points.length === 0) return
+    for (const p of points) {
+      const r = spawnSync('umount', ['-R', p], { stdio: 'ignore' })
+      if (r.status !== 0) spawnSync('umount', ['-R', '-l', p], { stdio: 'ignore' })
+    }
+  }
+  const left = mountsUnder(dir)
+  if (left.length > 0) throw new HarnessError(`still mounted under ${dir}: ${left.join(', ')}`)
+}
+
+/** One harness at a time per cache: a lock file holding our pid. */
+function takeLock(): void {
+  mkdirSync(CACHE, { recursive: true })
+  const lock = join(CACHE, 'lock')
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(lock, 'wx')
+      writeSync(fd, `${process.pid}\n`)
+      closeSync(fd)
+      live.set('lock', () => rmSync(lock, { force: true }))
+      return
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      const pid = Number.parseInt(readFileSync(lock, 'utf8'), 10)
+      if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
+        throw new HarnessError(`another harness (pid ${pid}) is using ${CACHE}`)
+      }
+      rmSync(lock, { force: true })
+    }
+  }
+  throw new HarnessError(`cannot take ${lock}`)
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The cache: chroot and initramfs
+
+function stampText(): string {
+  const script = createHash('sha256').update(readFileSync(join(GUEST_SRC, 'build-chroot.sh'))).digest('hex')
+  return `${JSON.stringify({ version: CACHE_VERSION, buildScript: script })}\n`
+}
+
+/** Runs `cmd`, echoing its output with a prefix; kills its process group after `limitMs`. */
+function runLogged(cmd: string, args: string[], env: NodeJS.ProcessEnv, limitMs: number, prefix: string): Promise<void> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    const key = `proc:${child.pid ?? 'none'}`
+    // negative pid: the whole process group of our own child
+    live.set(key, () => killPid(child.pid === undefined ? undefined : -child.pid, 'SIGKILL'))
+    const tail: string[] = []
+    const echo = (chunk: Buffer) => {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (line === '') continue
+        process.stdout.write(`${prefix}${line}\n`)
+        tail.push(line)
+        if (tail.length > 40) tail.shift()
+      }
+    }
+    child.stdout.on('data', echo)
+    child.stderr.on('data', echo)
+    const timer = setTimeout(() => {
+      killPid(child.pid === undefined ? undefined : -child.pid, 'SIGTERM')
+      setTimeout(() => killPid(child.pid === undefined ? undefined : -child.pid, 'SIGKILL'), 5000).unref()
+    }, limitMs)
+    child.on('error', (err) => {
+      clearTimeout(timer)
+      live.delete(key)
+      reject(err)
+    })
+    child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      live.delete(key)
+      if (code === 0) resolvePromise()
+      else reject(new HarnessError(`${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`})`))
+    })
+  })
+}
+
+/** Deletes the chroot, after making sure nothing under it is mounted. */
+function wipeChroot(): void {
+  unmountUnder(CH)
+  rmSync(CHROOT_STAMP, { force: true })
+  const r = spawnSync('rm', ['-rf', '--one-file-system', CH], { stdio: 'inherit' })
+  if (r.status !== 0) throw new HarnessError(`cannot remove ${CH}`)
+}
+
+function ensureDebootstrap(): void {
+  if (spawnSync('sh', ['-c', 'command -v debootstrap'], { stdio: 'ignore' }).status === 0) return
+  console.log('  cache     installing debootstrap on the host (apt-get update; apt-get install debootstrap)')
+  // A fresh machine may have no package lists yet; a failed update is reported by the install.
+  spawnSync('apt-get', ['update', '-q'], { stdio: ['ignore', 'ignore', 'inherit'], timeout: 5 * 60_000 })
+  const r = spawnSync('apt-get', ['install', '-y', '-q', '--no-install-recommends', 'debootstrap'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    timeout: 5 * 60_000,
+  })
+  if (r.status !== 0) throw new HarnessError('debootstrap is missing and apt-get could not install it')
+}
+
+/** Builds the chroot unless the stamp says it is current. Returns the build time in ms, or null if reused. */
+async function ensureChroot(force: boolean): Promise<number | null> {
+  const current = existsSync(CHROOT_STAMP) ? readFileSync(CHROOT_STAMP, 'utf8') : ''
+  if (!force && current === stampText() && existsSync(join(CH, 'usr', 'bin', 'qemu-system-x86_64'))) return null
+  const t0 = Date.now()
+  const why = force ? '--rebuild' : current === '' ? 'no cache' : 'cache version changed'
+  const mirrors = findMirrors()
+  console.log(`  cache     building ${CH} (${why}); mirror ${mirrors.mirror} (from ${mirrors.source})`)
+  wipeChroot()
+  ensureDebootstrap()
+  mkdirSync(CACHE, { recursive: true })
+  try {
+    await runLogged(
+      'bash',
+      [join(GUEST_SRC, 'build-chroot.sh')],
+      { ...process.env, CH, MIRROR: mirrors.mirror, SECURITY_MIRROR: mirrors.security },
+      BUILD_LIMIT_MS,
+      '            ',
+    )
+  } finally {
+    unmountUnder(CH)
+  }
+  writeFileSync(CHROOT_STAMP, stampText())
+  return Date.now() - t0
+}
+
+/** The kernel version the chroot holds (the newest with both a vmlinuz and modules). */
+function kernelVersion(): string {
+  const versions = readdirSync(join(CH, 'lib', 'modules'))
+    .filter((v) => existsSync(join(CH, 'boot', `vmlinuz-${v}`)))
+    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))
+  const newest = versions[versions.length - 1]
+  if (newest === undefined) throw new HarnessError(`no kernel in ${CH}/boot`)
+  return newest
+}
+
+/** The files staged into the chroot for mkinitramfs: [path relative to guest/, content]. */
+function initramfsInputs(): [string, Buffer][] {
+  const files: [string, Buffer][] = ['init.sh', 'lib.sh', 'mkinitramfs.sh'].map((f) => [
+    f,
+    readFileSync(join(GUEST_SRC, f)),
+  ])
+  for (const f of readdirSync(join(GUEST_SRC, 'scenarios')).sort()) {
+    if (f.endsWith('.sh')) files.push([`scenarios/${f}`, readFileSync(join(GUEST_SRC, 'scenarios', f))])
+  }
+  return files
+}
+
+/** Rebuilds the initramfs when its inputs changed. Returns the build time in ms, or null if reused. */
+function ensureInitramfs(kver: string, modules: readonly string[]): number | null {
+  const inputs = initramfsInputs()
+  const hash = createHash('sha256')
+  hash.update(`${CACHE_VERSION}\0${kver}\0${[...modules].sort().join(',')}\0`)
+  for (const [name, content] of inputs) hash.update(`${name}\0${content.length}\0`).update(content)
+  const digest = `${hash.digest('hex')}\n`
+  const guestDir = join(CH, GUEST_DIR_INSIDE)
+  const stamp = join(guestDir, 'initrd.stamp')
+  const initrd = join(CH, INITRD_INSIDE)
+  if (existsSync(initrd) && existsSync(stamp) && readFileSync(stamp, 'utf8') === digest) return null
+  const t0 = Date.now()
+  const src = join(guestDir, 'src')
+  rmSync(src, { recursive: true, force: true })
+  mkdirSync(join(src, 'scenarios'), { recursive: true })
+  for (const [name, content] of inputs) writeFileSync(join(src, name), content)
+  const r = spawnSync(
+    'chroot',
+    [CH, '/bin/sh', `${GUEST_DIR_INSIDE}/src/mkinitramfs.sh`, kver, INITRD_INSIDE, ...modules],
+    { encoding: 'utf8', timeout: 120_000 },
+  )
+  if (r.status !== 0) {
+    throw new HarnessError(`mkinitramfs failed (${r.signal ?? `exit ${r.status}`}):\n${r.stdout}${r.stderr}`)
+  }
+  process.stdout.write(`            ${r.stdout.trim()}\n`)
+  writeFileSync(stamp, digest)
+  return Date.now() - t0
+}
+
+function qemuVersion(): string {
+  const r = spawnSync('chroot', [CH, 'qemu-system-x86_64', '--version'], { encoding: 'utf8', timeout: 30_000 })
+  return r.status === 0 ? (r.stdout.split('\n')[0] ?? '').replace(/^QEMU emulator version /, '') : 'unknown'
+}
+
+// ---------------------------------------------------------------------------
+// One boot
+
+interface GuestLine {
+  readonly atMs: number
+  readonly kind: string
+  readonly rest: string
+}
+
+interface BootResult {
+  readonly exitCode: number | null
+  readonly signal: NodeJS.Signals | null
+  readonly timedOut: boolean
+  readonly wallMs: number
+  readonly console: string[]
+  /** QEMU's stderr without its trace lines. */
+  readonly stderr: string[]
+  readonly emudev: GuestLine[]
+  readonly trace: QemuTrace
+}
+
+function qemuArgs(scenario: Scenario, kver: string, verbose: boolean): string[] {
+  const args = [
+    'qemu-system-x86_64',
+    '-machine', 'q35',
+    '-accel', 'tcg',
+    '-m', String(GUEST_MEMORY_MB),
+    '-object', `memory-backend-memfd,id=mem,size=${GUEST_MEMORY_MB}M,share=on`,
+    '-machine', 'memory-backend=mem',
+    '-nodefaults', '-no-user-config',
+    '-display', 'none',
+    '-serial', 'stdio',
+    '-monitor', 'none',
+    '-nic', 'none',
+    '-no-reboot',
+    // QEMU's vfio-user trace events on stderr: what it sent us (see QemuTrace).
+    '-trace', 'vfio_user_*',
+    '-kernel', `/boot/vmlinuz-${kver}`,
+    '-initrd', INITRD_INSIDE,
+    '-append', `console=ttyS0 panic=-1${verbose ? '' : ' quiet'} emudev.scenario=${scenario.name}`,
+  ]
+  for (const d of scenario.devices) {
+    args.push(
+      '-device',
+      JSON.stringify({ driver: 'vfio-user-pci', id: d.id, socket: { type: 'unix', path: `${SOCK_DIR_INSIDE}/${d.id}.sock` } }),
+    )
+  }
+  return args
+}
+
+/** Boots the guest once; resolves when QEMU exits or was killed at the time limit. */
+function boot(scenario: Scenario, kver: string, verbose: boolean): Promise<BootResult> {
+  return new Promise((resolvePromise, reject) => {
+    const t0 = Date.now()
+    const consoleLines: string[] = []
+    const stderrLines: string[] = []
+    const emudev: GuestLine[] = []
+    const trace = new QemuTrace()
+    let timedOut = false
+    // chroot(8) execs QEMU, so this pid is QEMU's.
+    const child: ChildProcess = spawn('chroot', [CH, ...qemuArgs(scenario, kver, verbose)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    const key = `qemu:${child.pid ?? 'none'}`
+    live.set(key, () => killPid(child.pid, 'SIGKILL'))
+    const lineReader = (onLine: (line: string) => void) => {
+      let partial = ''
+      return (chunk: Buffer) => {
+        const parts = (partial + chunk.toString('utf8')).split('\n')
+        partial = parts.pop() ?? ''
+        for (const raw of parts) onLine(raw.replace(/\r/g, ''))
+      }
+    }
+    const keep = (sink: string[], line: string) => {
+      sink.push(line)
+      if (sink.length > 5000) sink.shift()
+    }
+    child.stdout?.on(
+      'data',
+      lineReader((line) => {
+        keep(consoleLines, line)
+        if (verbose) process.stdout.write(`    | ${line}\n`)
+        const m = /^(EMUDEV-[A-Z]+)\s?(.*)$/.exec(line)
+        if (m?.[1] !== undefined) emudev.push({ atMs: Date.now() - t0, kind: m[1], rest: m[2] ?? '' })
+      }),
+    )
+    child.stderr?.on(
+      'data',
+      lineReader((line) => {
+        if (verbose) process.stdout.write(`    ! ${line}\n`)
+        if (!trace.feed(line)) keep(stderrLines, line)
+      }),
+    )
+    const limit = setTimeout(() => {
+      timedOut = true
+      killPid(child.pid, 'SIGTERM')
+      setTimeout(() => killPid(child.pid, 'SIGKILL'), 3000).unref()
+    }, SCENARIO_LIMIT_MS)
+    child.on('error', (err) => {
+      clearTimeout(limit)
+      live.delete(key)
+      reject(err)
+    })
+    child.on('close', (exitCode, signal) => {
+      clearTimeout(limit)
+      live.delete(key)
+      resolvePromise({
+        exitCode,
+        signal,
+        timedOut,
+        wallMs: Date.now() - t0,
+        console: consoleLines,
+        stderr: stderrLines,
+        emudev,
+        trace,
+      })
+    })
+  })
+}
+
+// ---------------------------------------------------------------------------
+// Running and judging a scenario
+
+interface Row {
+  readonly what: string
+  readonly got: string
+  readonly want: string
+  readonly ok: boolean
+}
+
+interface ScenarioResult {
+  readonly name: string
+  readonly passed: boolean
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+const fmtS = (ms: number) => `${(ms / 1000).toFixed(1)} s`
+
+async function runScenario(scenario: Scenario, kver: string, verbose: boolean): Promise<ScenarioResult> {
+  console.log(
+    `\nscenario ${scenario.name}: ${scenario.description} (${scenario.devices.length} device(s), limit ${fmtS(SCENARIO_LIMIT_MS)})`,
+  )
+  const sockDir = join(CH, SOCK_DIR_INSIDE)
+  mkdirSync(sockDir, { recursive: true })
+  const servers = new Map<string, RunningServer>()
+  const counters = new Map<string, Counters>()
+  const problems: string[] = []
+  let result: BootResult | undefined
+  try {
+    for (const d of scenario.devices) {
+      const hostPath = join(sockDir, `${d.id}.sock`)
+      live.set(`sock:${d.id}`, () => rmSync(hostPath, { force: true }))
+      servers.set(d.id, d.start(hostPath))
+    }
+    result = await boot(scenario, kver, verbose)
+    // Let each server notice that QEMU hung up, then read its counters.
+    for (const [id, server] of servers) {
+      const deadline = Date.now() + DISCONNECT_WAIT_MS
+      while (server.stats().connected && Date.now() < deadline) await sleep(20)
+      counters.set(id, { server: server.stats(), device: server.deviceStats() })
+    }
+  } catch (err) {
+    problems.push(`harness: ${err instanceof Error ? err.message : String(err)}`)
+  } finally {
+    for (const [id, server] of servers) {
+      try {
+        await server.close()
+      } catch (err) {
+        problems.push(`closing ${id}: ${err instanceof Error ? err.message : String(err)}`)
+      }
+    }
+    for (const d of scenario.devices) {
+      rmSync(join(sockDir, `${d.id}.sock`), { force: true })
+      live.delete(`sock:${d.id}`)
+    }
+  }
+
+  const rows: Row[] = []
+  if (result !== undefined) {
+    const begin = result.emudev.find((l) => l.kind === 'EMUDEV-BEGIN')
+    const end = result.emudev.find((l) => l.kind === 'EMUDEV-END')
+    const field = (line: GuestLine | undefined, key: string) =>
+      line === undefined ? undefined : new RegExp(`(?:^|\\s)${key}=(\\S+)`).exec(line.rest)?.[1]
+    const how = result.timedOut
+      ? `killed at the time limit`
+      : result.signal !== null
+        ? `killed by ${result.signal}`
+        : `exit ${result.exitCode}`
+    console.log(
+      `  boot      /init after ${begin === undefined ? '(never)' : fmtS(begin.atMs)} wall` +
+        ` (guest uptime ${field(begin, 'uptime') ?? '?'} s, kernel ${field(begin, 'kernel') ?? '?'});` +
+        ` scenario ${begin !== undefined && end !== undefined ? fmtS(end.atMs - begin.atMs) : '?'};` +
+        ` QEMU ${how} after ${fmtS(result.wallMs)}`,
+    )
+    rows.push({ what: 'QEMU', got: how, want: 'exit 0', ok: !result.timedOut && result.exitCode === 0 })
+    rows.push({ what: 'guest /init ran', got: begin === undefined ? 'no' : 'yes', want: 'yes', ok: begin !== undefined })
+    rows.push({
+      what: 'guest scenario rc',
+      got: field(end, 'rc') ?? '(no EMUDEV-END)',
+      want: '0',
+      ok: field(end, 'rc') === '0',
+    })
+    for (const l of result.emudev) {
+      if (l.kind === 'EMUDEV-INFO') console.log(`  info      ${l.rest}`)
+      if (l.kind === 'EMUDEV-FAIL') rows.push({ what: 'guest FAIL', got: l.rest, want: '(none)', ok: false })
+    }
+    const checks = new Map<string, string>()
+    for (const l of result.emudev) {
+      if (l.kind !== 'EMUDEV-CHECK') continue
+      const eq = l.rest.indexOf('=')
+      if (eq > 0) checks.set(l.rest.slice(0, eq), l.rest.slice(eq + 1))
+    }
+    // A guest that never reached /init measured nothing: one row says so.
+    for (const e of begin === undefined ? [] : scenario.guest) {
+      const raw = checks.get(e.name)
+      const value = raw === undefined || raw.trim() === '' ? Number.NaN : Number(raw.trim())
+      rows.push({ what: `guest ${e.name}`, got: raw ?? '(missing)', want: e.want, ok: Number.isFinite(value) && e.ok(value) })
+    }
+    for (const [name, raw] of checks) {
+      if (!scenario.guest.some((e) => e.name === name)) console.log(`  info      ${name}=${raw} (not checked)`)
+    }
+  }
+  for (const d of scenario.devices) {
+    const c = counters.get(d.id)
+    if (c === undefined) {
+      rows.push({ what: `${d.id} counters`, got: '(none)', want: 'read after the run', ok: false })
+      continue
+    }
+    for (const h of scenario.host[d.id] ?? []) {
+      const v = h.got(c)
+      rows.push({ what: `${d.id} ${h.name}`, got: String(v), want: h.want, ok: h.ok(v) })
+    }
+  }
+  if (result !== undefined && counters.size === scenario.devices.length) {
+    // Every message QEMU wrote must have been counted by a server, and QEMU saw no error reply.
+    const counted = [...counters.values()].reduce((a, c) => a + c.server.messages, 0)
+    rows.push({
+      what: 'servers counted all QEMU sent',
+      got: `${counted} of ${result.trace.sent}`,
+      want: `${result.trace.sent}`,
+      ok: counted === result.trace.sent && result.trace.sent > 0,
+    })
+    rows.push({
+      what: 'QEMU error replies',
+      got: String(result.trace.errorReplies.length),
+      want: '0',
+      ok: result.trace.errorReplies.length === 0,
+    })
+  }
+  for (const p of problems) rows.push({ what: 'harness', got: p, want: '(no error)', ok: false })
+
+  const width = Math.max(...rows.map((r) => r.what.length))
+  for (const r of rows) {
+    console.log(`  ${r.ok ? 'ok  ' : 'FAIL'}      ${r.what.padEnd(width)}  ${r.got}${r.ok ? '' : `  (want ${r.want})`}`)
+  }
+  for (const [id, c] of counters) {
+    console.log(`  server    ${id}: ${JSON.stringify(c.server)}`)
+    console.log(`  device    ${id}: ${JSON.stringify(c.device)}`)
+  }
+  const passed = rows.every((r) => r.ok) && rows.length > 0
+  if (result !== undefined) {
+    for (const line of result.trace.summary()) console.log(`  trace     ${line}`)
+    for (const line of result.stderr) {
+      if (line.trim() === '') continue
+      const note = /Could not enable error recovery/.test(line)
+        ? '  [benign: the device reports no ERR IRQ, like a conventional PCI function]'
+        : ''
+      console.log(`  qemu      ${line}${note}`)
+    }
+    if (!passed && !verbose) {
+      console.log(`  trace     (last 40 vfio-user trace lines)`)
+      for (const line of result.trace.last.slice(-40)) console.log(`    ! ${line}`)
+      console.log(`  console   (last 60 lines)`)
+      for (const line of result.console.slice(-60)) console.log(`    | ${line}`)
+    }
+  }
+  console.log(`${passed ? 'PASS' : 'FAIL'} ${scenario.name}`)
+  return { name: scenario.name, passed }
+}
+
+// ---------------------------------------------------------------------------
+// Main
+
+async function main(argv: string[]): Promise<number> {
+  const verbose = argv.includes('--verbose')
+  const rebuild = argv.includes('--rebuild')
+  const names = argv.filter((a) => !a.startsWith('--'))
+  const unknownFlag = argv.find((a) => a.startsWith('--') && a !== '--verbose' && a !== '--rebuild')
+  if (unknownFlag !== undefined) throw new HarnessError(`unknown option ${unknownFlag} (have --verbose, --rebuild)`)
+  const chosen = names.length === 0 ? SCENARIOS : names.map((n) => {
+    const s = SCENARIOS.find((x) => x.name === n)
+    if (s === undefined) throw new HarnessError(`no scenario ${n} (have: ${SCENARIOS.map((x) => x.name).join(', ')})`)
+    return s
+  })
+  if (process.platform !== 'linux' || process.arch !== 'x64') throw new HarnessError('needs Linux on x86_64')
+  if (process.getuid?.() !== 0) throw new HarnessError('needs root (debootstrap, chroot, mknod)')
+
+  console.log(`emudev real-driver tests (native ${native.nativeVersion()})`)
+  installSignalHandlers()
+  takeLock()
+  unmountUnder(CH) // left over by a run that was killed hard
+  const tStart = Date.now()
+  const built = await ensureChroot(rebuild)
+  const kver = kernelVersion()
+  console.log(
+    `  cache     ${CH}: ${built === null ? 'reused' : `built in ${fmtS(built)}`} (stamp v${CACHE_VERSION})`,
+  )
+  const modules = [...new Set(chosen.flatMap((s) => s.modules))]
+  const initrd = ensureInitramfs(kver, modules)
+  console.log(
+    `  initramfs ${initrd === null ? 'reused' : `built in ${fmtS(initrd)}`}` +
+      ` (modules: ${modules.length === 0 ? 'none' : modules.join(' ')})`,
+  )
+  console.log(`  guest     kernel ${kver}, QEMU ${qemuVersion()}, TCG, ${GUEST_MEMORY_MB} MiB memfd RAM`)
+
+  const results: ScenarioResult[] = []
+  for (const s of chosen) results.push(await runScenario(s, kver, verbose))
+  unmountUnder(CH)
+
+  const failed = results.filter((r) => !r.passed)
+  console.log(
+    `\n${failed.length === 0 ? 'ok' : 'FAILED'}: ${results.length - failed.length}/${results.length} scenario(s) passed` +
+      ` in ${fmtS(Date.now() - tStart)}${failed.length > 0 ? ` (failed: ${failed.map((r) => r.name).join(', ')})` : ''}`,
+  )
+  return failed.length === 0 ? 0 : 1
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2))
+    .then((code) => {
+      runLiveCleanups()
+      process.exitCode = code
+    })
+    .catch((err: unknown) => {
+      runLiveCleanups()
+      const msg = err instanceof HarnessError || err instanceof MirrorError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err)
+      process.stderr.write(`harness: ${msg}\n`)
+      process.exitCode = 2
+    })
+}
