@@ -1,0 +1,839 @@
+//! The VF's state behind one lock ([`Core`]): the BAR0 register file, the admin-queue engine,
+//! interrupt gating, and the VF reset. The virtchnl handlers are in `vc.rs`.
+//!
+//! Core methods never call into the emudev object model: what should change there is collected
+//! as [`EmuOp`]s in the [`Io`] and applied by the caller after the lock is released, because
+//! emudev delivers events (and provider callbacks) synchronously, and a subscriber may call back
+//! into the device.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use emudev::{AttrValue, QueueConfig, QueueId, QueueKind};
+use emudev_dma::Iova;
+use emudev_pci::{FireOutcome, IrqSink, MsixTable};
+use emudev_vfio_user::DeviceContext;
+
+use super::queue_ids;
+use super::stats::{Counters, VsiStats};
+use super::{IavfSnapshot, RxQueueState, TxQueueState, ARQ_PENDING_MAX};
+use crate::spec::aq::{self, rc, AqDesc};
+use crate::spec::regs::*;
+use crate::spec::virtchnl::{pctype, VersionInfo, VirtchnlStatus};
+
+/// A change to apply to the emudev object model once the core lock is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EmuOp {
+    /// `configure_queue`.
+    Configure(QueueId, QueueConfig),
+    /// `clear_queue` (a queue that is not configured is fine).
+    Clear(QueueId),
+    /// `update_attr`.
+    Attr(&'static str, AttrValue),
+}
+
+/// What a core method may use besides the core: client memory and interrupts (absent before a
+/// transport is bound), counters, and the list of emudev changes it wants.
+pub(crate) struct Io<'a> {
+    pub(crate) ctx: Option<&'a DeviceContext>,
+    pub(crate) msix: &'a MsixTable,
+    pub(crate) counters: &'a Counters,
+    pub(crate) vsi_stats: &'a VsiStats,
+    /// The command register's bus-master bit.
+    pub(crate) bus_master: bool,
+    pub(crate) ops: Vec<EmuOp>,
+}
+
+/// Why a DMA access of the admin-queue engine failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DmaFault {
+    /// No transport bound yet.
+    NoContext,
+    /// The range is not (entirely) mapped, not permitted, or wraps.
+    Access,
+}
+
+impl Io<'_> {
+    pub(crate) fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        let ctx = self.ctx.ok_or(DmaFault::NoContext)?;
+        if iova.checked_add(buf.len() as u64).is_none() {
+            return Err(DmaFault::Access);
+        }
+        ctx.dma.read(Iova(iova), buf).map_err(|e| {
+            log::debug!("iavf: DMA read of {:#x} bytes at {iova:#x}: {e}", buf.len());
+            DmaFault::Access
+        })
+    }
+
+    pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
+        let ctx = self.ctx.ok_or(DmaFault::NoContext)?;
+        if iova.checked_add(data.len() as u64).is_none() {
+            return Err(DmaFault::Access);
+        }
+        ctx.dma.write(Iova(iova), data).map_err(|e| {
+            log::debug!(
+                "iavf: DMA write of {:#x} bytes at {iova:#x}: {e}",
+                data.len()
+            );
+            DmaFault::Access
+        })
+    }
+
+    /// Fires MSI-X `vector`; counts it, and counts it undelivered when it reached nobody.
+    pub(crate) fn fire(&self, vector: u16) -> Option<FireOutcome> {
+        Counters::bump(&self.counters.irqs_raised);
+        let Some(ctx) = self.ctx else {
+            Counters::bump(&self.counters.irqs_undelivered);
+            return None;
+        };
+        match self.msix.fire(vector, &mut IrqSink::msix(&ctx.irqs)) {
+            Ok(FireOutcome::Delivered) => Some(FireOutcome::Delivered),
+            Ok(FireOutcome::Pending) => Some(FireOutcome::Pending),
+            Ok(FireOutcome::Disabled) => {
+                Counters::bump(&self.counters.irqs_undelivered);
+                Some(FireOutcome::Disabled)
+            }
+            Err(e) => {
+                Counters::bump(&self.counters.irqs_undelivered);
+                log::debug!("iavf: MSI-X vector {vector} not delivered: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// One admin queue's registers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AqRegs {
+    pub(crate) bal: u32,
+    pub(crate) bah: u32,
+    pub(crate) len: u32,
+    pub(crate) head: u32,
+    pub(crate) tail: u32,
+}
+
+impl AqRegs {
+    pub(crate) fn entries(&self) -> u32 {
+        self.len & AQLEN_LEN_MASK
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.len & AQLEN_ENABLE != 0 && self.entries() > 0
+    }
+
+    pub(crate) fn base(&self) -> u64 {
+        (u64::from(self.bah) << 32) | u64::from(self.bal)
+    }
+
+    /// IOVA of descriptor `index`, if it does not wrap.
+    fn desc(&self, index: u32) -> Option<u64> {
+        self.base()
+            .checked_add(u64::from(index) * aq::DESC_SIZE as u64)
+    }
+
+    /// The emudev queue for this ring, if enabled and it does not wrap the IOVA space.
+    fn queue_config(&self, kind_arq: bool) -> Option<QueueConfig> {
+        if !self.enabled() {
+            return None;
+        }
+        self.base()
+            .checked_add(u64::from(self.entries()) * aq::DESC_SIZE as u64)?;
+        let (db, cfg) = if kind_arq {
+            (queue_ids::ARQ_DOORBELL, Some(0))
+        } else {
+            (queue_ids::ATQ_DOORBELL, None)
+        };
+        let q = QueueConfig::new(
+            QueueKind::Admin,
+            Iova(self.base()),
+            self.entries(),
+            aq::DESC_SIZE as u32,
+            db,
+        );
+        Some(match cfg {
+            Some(v) => q.with_irq(v),
+            None => q,
+        })
+    }
+}
+
+/// A message for the VF waiting for an ARQ entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ArqMessage {
+    pub(crate) op: u32,
+    pub(crate) status: VirtchnlStatus,
+    pub(crate) body: Vec<u8>,
+}
+
+/// The virtchnl-level state of the VF.
+#[derive(Debug, Clone)]
+pub(crate) struct VfState {
+    pub(crate) version: Option<VersionInfo>,
+    pub(crate) caps: u32,
+    pub(crate) tx: Vec<TxQueueState>,
+    pub(crate) rx: Vec<RxQueueState>,
+    pub(crate) macs: BTreeSet<[u8; 6]>,
+    pub(crate) vlans: BTreeSet<u16>,
+    pub(crate) promisc: u16,
+    pub(crate) vlan_strip: bool,
+    /// A LINK_CHANGE went out since queues were first enabled.
+    pub(crate) link_reported: bool,
+}
+
+impl VfState {
+    fn new(queues: u16, mac: [u8; 6]) -> Self {
+        VfState {
+            version: None,
+            caps: 0,
+            tx: vec![TxQueueState::default(); usize::from(queues)],
+            rx: vec![RxQueueState::default(); usize::from(queues)],
+            macs: BTreeSet::from([mac]),
+            vlans: BTreeSet::new(),
+            promisc: 0,
+            vlan_strip: false,
+            link_reported: false,
+        }
+    }
+}
+
+/// RSS state, shared by virtchnl (RSS_PF) and the `VFQF_*` registers (RSS_REG).
+#[derive(Debug, Clone)]
+pub(crate) struct Rss {
+    pub(crate) key: [u8; RSS_KEY_SIZE as usize],
+    pub(crate) lut: [u8; RSS_LUT_SIZE as usize],
+    pub(crate) hena: u64,
+}
+
+impl Rss {
+    fn new(queues: u16) -> Self {
+        let mut lut = [0u8; RSS_LUT_SIZE as usize];
+        for (i, e) in lut.iter_mut().enumerate() {
+            *e = (i % usize::from(queues.max(1))) as u8;
+        }
+        Rss {
+            key: [0; RSS_KEY_SIZE as usize],
+            lut,
+            hena: pctype::DEFAULT_HENA,
+        }
+    }
+}
+
+/// The whole VF.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) queues: u16,
+    pub(crate) mac: [u8; 6],
+    pub(crate) mtu: u16,
+    pub(crate) rstat: VfrState,
+    pub(crate) atq: AqRegs,
+    pub(crate) arq: AqRegs,
+    icr01: u32,
+    icr0_ena1: u32,
+    dyn_ctl01: u32,
+    stat_ctl01: u32,
+    itr01: [u32; ITR_INDEXES as usize],
+    /// A vector-0 cause was raised while the vector was gated off.
+    misc_pending: bool,
+    dyn_ctln1: [u32; MAX_QUEUE_PAIRS as usize],
+    itrn1: [[u32; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
+    tx_tail: [u32; MAX_QUEUE_PAIRS as usize],
+    rx_tail: [u32; MAX_QUEUE_PAIRS as usize],
+    pub(crate) rss: Rss,
+    pub(crate) vf: VfState,
+    pub(crate) link_up: bool,
+    pub(crate) arq_pending: VecDeque<ArqMessage>,
+}
+
+/// `DYN_CTL*` bits that are actions, not state (they read 0).
+const DYN_CTL_ACTIONS: u32 = DYN_CTL_CLEARPBA | DYN_CTL_SWINT_TRIG;
+/// `ITR*` interval field.
+const ITR_MASK: u32 = 0xFFF;
+
+impl Core {
+    pub(crate) fn new(queues: u16, mac: [u8; 6], mtu: u16) -> Self {
+        Core {
+            queues,
+            mac,
+            mtu,
+            rstat: VfrState::VfActive,
+            atq: AqRegs::default(),
+            arq: AqRegs::default(),
+            icr01: 0,
+            icr0_ena1: 0,
+            dyn_ctl01: 0,
+            stat_ctl01: 0,
+            itr01: [0; ITR_INDEXES as usize],
+            misc_pending: false,
+            dyn_ctln1: [0; MAX_QUEUE_PAIRS as usize],
+            itrn1: [[0; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
+            tx_tail: [0; MAX_QUEUE_PAIRS as usize],
+            rx_tail: [0; MAX_QUEUE_PAIRS as usize],
+            rss: Rss::new(queues),
+            vf: VfState::new(queues, mac),
+            link_up: true,
+            arq_pending: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> IavfSnapshot {
+        IavfSnapshot {
+            rstat: self.rstat,
+            version: self.vf.version,
+            caps: self.vf.caps,
+            tx: self.vf.tx.clone(),
+            rx: self.vf.rx.clone(),
+            macs: self.vf.macs.iter().copied().collect(),
+            vlans: self.vf.vlans.iter().copied().collect(),
+            promisc: self.vf.promisc,
+            vlan_strip: self.vf.vlan_strip,
+            rss_key: self.rss.key.to_vec(),
+            rss_lut: self.rss.lut.to_vec(),
+            hena: self.rss.hena,
+            link_up: self.link_up,
+            arq_pending: self.arq_pending.len(),
+            atq_len: self.atq.len,
+            arq_len: self.arq.len,
+            atq_head: self.atq.head,
+            arq_head: self.arq.head,
+        }
+    }
+
+    // ----- registers ---------------------------------------------------------------------------
+
+    /// A 4-byte register read at `off` (aligned, inside BAR0). Unknown offsets read 0.
+    pub(crate) fn reg_read(&mut self, off: u64) -> u32 {
+        if let Some(q) = qtx_tail_index(off) {
+            return self.tx_tail[usize::from(q)];
+        }
+        if let Some(q) = qrx_tail_index(off) {
+            return self.rx_tail[usize::from(q)];
+        }
+        if let Some((i, n)) = itrn1_index(off) {
+            return self.itrn1[i][n];
+        }
+        if let Some(n) = dyn_ctln1_index(off) {
+            return self.dyn_ctln1[n];
+        }
+        if let Some(i) = dword_index(off, VFINT_ITR01_BASE, ITR_INDEXES) {
+            return self.itr01[i];
+        }
+        if let Some(i) = dword_index(off, VFQF_HENA_BASE, HENA_DWORDS) {
+            return (self.rss.hena >> (32 * i)) as u32;
+        }
+        if let Some(i) = dword_index(off, VFQF_HKEY_BASE, HKEY_DWORDS) {
+            return dword_of(&self.rss.key, i);
+        }
+        if let Some(i) = dword_index(off, VFQF_HLUT_BASE, HLUT_DWORDS) {
+            return dword_of(&self.rss.lut, i);
+        }
+        match off {
+            VFGEN_RSTAT => self.rstat as u32,
+            VF_ATQBAL1 => self.atq.bal,
+            VF_ATQBAH1 => self.atq.bah,
+            VF_ATQLEN1 => self.atq.len,
+            VF_ATQH1 => self.atq.head,
+            VF_ATQT1 => self.atq.tail,
+            VF_ARQBAL1 => self.arq.bal,
+            VF_ARQBAH1 => self.arq.bah,
+            VF_ARQLEN1 => self.arq.len,
+            VF_ARQH1 => self.arq.head,
+            VF_ARQT1 => self.arq.tail,
+            // "These reads clear the registers" (Linux iavf_msix_aq).
+            VFINT_ICR01 => std::mem::take(&mut self.icr01),
+            VFINT_ICR0_ENA1 => std::mem::take(&mut self.icr0_ena1),
+            VFINT_DYN_CTL01 => self.dyn_ctl01,
+            VFINT_STAT_CTL01 => self.stat_ctl01,
+            _ => 0,
+        }
+    }
+
+    /// A 4-byte register write of `v` at `off`.
+    pub(crate) fn reg_write(&mut self, io: &mut Io, off: u64, v: u32) {
+        if let Some(q) = qtx_tail_index(off) {
+            self.tx_tail[usize::from(q)] = v;
+            return;
+        }
+        if let Some(q) = qrx_tail_index(off) {
+            self.rx_tail[usize::from(q)] = v;
+            return;
+        }
+        if let Some((i, n)) = itrn1_index(off) {
+            self.itrn1[i][n] = v & ITR_MASK;
+            return;
+        }
+        if let Some(n) = dyn_ctln1_index(off) {
+            self.dyn_ctln1[n] = v & !DYN_CTL_ACTIONS;
+            if v & DYN_CTL_SWINT_TRIG != 0 && v & DYN_CTL_INTENA != 0 {
+                // n < 16, so the vector fits.
+                io.fire(n as u16 + 1);
+            }
+            return;
+        }
+        if let Some(i) = dword_index(off, VFINT_ITR01_BASE, ITR_INDEXES) {
+            self.itr01[i] = v & ITR_MASK;
+            return;
+        }
+        if let Some(i) = dword_index(off, VFQF_HENA_BASE, HENA_DWORDS) {
+            let shift = 32 * i;
+            self.rss.hena = (self.rss.hena & !(0xFFFF_FFFFu64 << shift)) | (u64::from(v) << shift);
+            return;
+        }
+        if let Some(i) = dword_index(off, VFQF_HKEY_BASE, HKEY_DWORDS) {
+            set_dword(&mut self.rss.key, i, v);
+            return;
+        }
+        if let Some(i) = dword_index(off, VFQF_HLUT_BASE, HLUT_DWORDS) {
+            set_dword(&mut self.rss.lut, i, v);
+            return;
+        }
+        match off {
+            VF_ATQBAL1 => {
+                self.atq.bal = v;
+                self.admin_queue_changed(io, false);
+            }
+            VF_ATQBAH1 => {
+                self.atq.bah = v;
+                self.admin_queue_changed(io, false);
+            }
+            VF_ATQLEN1 => {
+                self.atq.len = v;
+                if self.atq.enabled() && self.rstat == VfrState::Completed {
+                    // The PF sees the VF active again.
+                    self.rstat = VfrState::VfActive;
+                }
+                self.admin_queue_changed(io, false);
+            }
+            VF_ATQH1 => self.atq.head = v & AQ_INDEX_MASK,
+            VF_ATQT1 => {
+                self.atq.tail = v & AQ_INDEX_MASK;
+                self.process_atq(io);
+            }
+            VF_ARQBAL1 => {
+                self.arq.bal = v;
+                self.admin_queue_changed(io, true);
+            }
+            VF_ARQBAH1 => {
+                self.arq.bah = v;
+                self.admin_queue_changed(io, true);
+            }
+            VF_ARQLEN1 => {
+                self.arq.len = v;
+                self.admin_queue_changed(io, true);
+            }
+            VF_ARQH1 => self.arq.head = v & AQ_INDEX_MASK,
+            VF_ARQT1 => {
+                self.arq.tail = v & AQ_INDEX_MASK;
+                self.deliver_arq(io);
+            }
+            VFINT_ICR0_ENA1 => {
+                self.icr0_ena1 = v & ICR0_ENA1_ADMINQ;
+                self.misc_gate_changed(io);
+            }
+            VFINT_DYN_CTL01 => {
+                self.dyn_ctl01 = v & !DYN_CTL_ACTIONS;
+                if v & DYN_CTL_SWINT_TRIG != 0 && v & DYN_CTL_INTENA != 0 {
+                    io.fire(0);
+                }
+                self.misc_gate_changed(io);
+            }
+            VFINT_STAT_CTL01 => self.stat_ctl01 = v,
+            // RSTAT, ICR01 and holes are read-only.
+            _ => {}
+        }
+    }
+
+    /// Keeps the emudev admin queue in step with the registers.
+    fn admin_queue_changed(&mut self, io: &mut Io, arq: bool) {
+        let (regs, id) = if arq {
+            (self.arq, queue_ids::ARQ)
+        } else {
+            (self.atq, queue_ids::ATQ)
+        };
+        io.ops.push(match regs.queue_config(arq) {
+            Some(cfg) => EmuOp::Configure(id, cfg),
+            None => EmuOp::Clear(id),
+        });
+        if arq {
+            self.deliver_arq(io);
+        }
+    }
+
+    // ----- interrupts --------------------------------------------------------------------------
+
+    fn misc_gate_open(&self) -> bool {
+        self.icr0_ena1 & ICR0_ENA1_ADMINQ != 0 && self.dyn_ctl01 & DYN_CTL_INTENA != 0
+    }
+
+    /// Raises the admin-queue cause: fires vector 0 now if the gate is open, later otherwise.
+    fn adminq_cause(&mut self, io: &mut Io) {
+        self.icr01 |= ICR01_ADMINQ;
+        if self.misc_gate_open() {
+            io.fire(0);
+        } else {
+            self.misc_pending = true;
+        }
+    }
+
+    fn misc_gate_changed(&mut self, io: &mut Io) {
+        if self.misc_pending && self.misc_gate_open() {
+            self.misc_pending = false;
+            io.fire(0);
+        }
+    }
+
+    /// Whether vector 0 is enabled for queue causes (`DYN_CTL01.INTENA`).
+    pub(crate) fn misc_enabled(&self) -> bool {
+        self.dyn_ctl01 & DYN_CTL_INTENA != 0
+    }
+
+    /// Whether queue vector `vector` (>= 1) may fire: `DYN_CTLN1(vector - 1).INTENA`.
+    pub(crate) fn queue_vector_enabled(&self, vector: u16) -> bool {
+        vector
+            .checked_sub(1)
+            .and_then(|n| self.dyn_ctln1.get(usize::from(n)))
+            .is_some_and(|v| v & DYN_CTL_INTENA != 0)
+    }
+
+    // ----- admin transmit queue ----------------------------------------------------------------
+
+    /// Processes `[ATQH, ATQT)`.
+    pub(crate) fn process_atq(&mut self, io: &mut Io) {
+        if !self.atq.enabled() || self.atq.head == self.atq.tail {
+            return;
+        }
+        let n = self.atq.entries();
+        if self.atq.tail >= n || self.atq.head >= n {
+            // Driver bug: an index beyond the ring. Flag it and wait for a sane tail.
+            Counters::bump(&io.counters.aq_errors);
+            self.atq.len |= AQLEN_VFE;
+            log::debug!(
+                "iavf: ATQ head {} / tail {} beyond {n} entries",
+                self.atq.head,
+                self.atq.tail
+            );
+            return;
+        }
+        if !io.bus_master {
+            Counters::bump(&io.counters.aq_errors);
+            log::debug!("iavf: ATQ rung with bus mastering off; waiting");
+            return;
+        }
+        // At most one pass over the ring per doorbell.
+        for _ in 0..n {
+            if self.atq.head == self.atq.tail || !self.atq.enabled() {
+                break;
+            }
+            let head = self.atq.head;
+            let mut raw = [0u8; aq::DESC_SIZE];
+            let Some(at) = self.atq.desc(head) else {
+                self.aq_ring_fault(io, false);
+                break;
+            };
+            if io.read(at, &mut raw).is_err() {
+                self.aq_ring_fault(io, false);
+                break;
+            }
+            let mut desc = AqDesc::from_bytes(&raw);
+            let (err, retval) = self.execute(io, &desc);
+            desc.flags |= aq::FLAG_DD | aq::FLAG_CMP;
+            if err {
+                desc.flags |= aq::FLAG_ERR;
+            }
+            desc.retval = retval;
+            let written = write_desc(io, at, &desc);
+            Counters::bump(&io.counters.aq_commands);
+            if !self.atq.enabled() {
+                // A RESET_VF just cleared the ring registers: the descriptor was completed
+                // (best effort) and there is no head to advance.
+                break;
+            }
+            if written.is_err() {
+                self.aq_ring_fault(io, false);
+            }
+            self.atq.head = (head + 1) % n;
+        }
+        self.deliver_arq(io);
+    }
+
+    /// A ring the device cannot read or write: CRIT, counted.
+    fn aq_ring_fault(&mut self, io: &mut Io, arq: bool) {
+        Counters::bump(&io.counters.aq_errors);
+        if arq {
+            self.arq.len |= AQLEN_CRIT;
+            log::debug!("iavf: ARQ ring at {:#x} is not accessible", self.arq.base());
+        } else {
+            self.atq.len |= AQLEN_CRIT;
+            log::debug!("iavf: ATQ ring at {:#x} is not accessible", self.atq.base());
+        }
+    }
+
+    /// Executes one ATQ descriptor: returns (ERR flag, retval) for its write-back.
+    fn execute(&mut self, io: &mut Io, desc: &AqDesc) -> (bool, u16) {
+        if desc.opcode != aq::OPC_SEND_MSG_TO_PF {
+            Counters::bump(&io.counters.aq_errors);
+            log::debug!("iavf: ATQ opcode {:#06x} is not send-to-PF", desc.opcode);
+            return (true, rc::ESRCH);
+        }
+        let op = desc.v_opcode();
+        let len = usize::from(desc.datalen);
+        let has_buf = desc.flags & aq::FLAG_BUF != 0;
+        if len > aq::AQ_BUF_SIZE || (len > 0 && !has_buf) {
+            Counters::bump(&io.counters.aq_errors);
+            log::debug!("iavf: ATQ op {op}: datalen {len} without a buffer or above 4096");
+            self.refuse(io, op, VirtchnlStatus::ErrParam, "bad datalen");
+            return (true, rc::EINVAL);
+        }
+        let mut msg = vec![0u8; if has_buf { len } else { 0 }];
+        if !msg.is_empty() && io.read(desc.buffer_addr(), &mut msg).is_err() {
+            Counters::bump(&io.counters.aq_errors);
+            self.refuse(
+                io,
+                op,
+                VirtchnlStatus::ErrAdminQueueError,
+                "buffer outside mapped memory",
+            );
+            return (true, rc::BAD_ADDR);
+        }
+        self.handle_virtchnl(io, op, &msg);
+        (false, rc::OK)
+    }
+
+    // ----- admin receive queue -----------------------------------------------------------------
+
+    /// Queues a message for the VF (dropped, with OVFL, when too many wait).
+    pub(crate) fn push_message(
+        &mut self,
+        io: &mut Io,
+        op: u32,
+        status: VirtchnlStatus,
+        body: Vec<u8>,
+    ) {
+        if self.arq_pending.len() >= ARQ_PENDING_MAX {
+            Counters::bump(&io.counters.arq_dropped);
+            self.arq.len |= AQLEN_OVFL;
+            log::debug!("iavf: ARQ overflow, op {op} dropped");
+            return;
+        }
+        self.arq_pending.push_back(ArqMessage { op, status, body });
+    }
+
+    /// Delivers waiting messages into posted ARQ entries `[ARQH, ARQT)`.
+    pub(crate) fn deliver_arq(&mut self, io: &mut Io) {
+        let mut delivered = false;
+        while let Some(msg) = self.arq_pending.front() {
+            if !self.arq.enabled() || !io.bus_master || io.ctx.is_none() {
+                break;
+            }
+            let n = self.arq.entries();
+            let (head, tail) = (self.arq.head, self.arq.tail);
+            if head >= n || tail >= n {
+                Counters::bump(&io.counters.aq_errors);
+                self.arq.len |= AQLEN_VFE;
+                break;
+            }
+            if head == tail {
+                break;
+            }
+            let Some(at) = self.arq.desc(head) else {
+                self.aq_ring_fault(io, true);
+                break;
+            };
+            let mut raw = [0u8; aq::DESC_SIZE];
+            if io.read(at, &mut raw).is_err() {
+                self.aq_ring_fault(io, true);
+                break;
+            }
+            let posted = AqDesc::from_bytes(&raw);
+            let room = if posted.flags & aq::FLAG_BUF != 0 {
+                usize::from(posted.datalen)
+            } else {
+                0
+            };
+            let mut flags =
+                (posted.flags & (aq::FLAG_BUF | aq::FLAG_LB)) | aq::FLAG_DD | aq::FLAG_CMP;
+            let mut retval = rc::OK;
+            let mut copied = msg.body.len().min(room);
+            if msg.body.len() > room {
+                flags |= aq::FLAG_ERR;
+                retval = rc::EFBIG;
+                Counters::bump(&io.counters.aq_errors);
+                log::debug!(
+                    "iavf: ARQ buffer of {room} bytes too small for {}",
+                    msg.body.len()
+                );
+            }
+            if copied > 0 && io.write(posted.buffer_addr(), &msg.body[..copied]).is_err() {
+                flags |= aq::FLAG_ERR;
+                retval = rc::BAD_ADDR;
+                copied = 0;
+                Counters::bump(&io.counters.aq_errors);
+            }
+            let done = AqDesc {
+                flags,
+                opcode: aq::OPC_SEND_MSG_TO_VF,
+                // `copied` <= the posted u16 datalen.
+                datalen: copied as u16,
+                retval,
+                cookie_high: msg.op,
+                cookie_low: msg.status.to_cookie(),
+                param0: 0,
+                param1: 0,
+                addr_high: posted.addr_high,
+                addr_low: posted.addr_low,
+            };
+            if write_desc(io, at, &done).is_err() {
+                self.aq_ring_fault(io, true);
+                break;
+            }
+            self.arq_pending.pop_front();
+            self.arq.head = (head + 1) % n;
+            Counters::bump(&io.counters.arq_delivered);
+            delivered = true;
+        }
+        if delivered {
+            self.adminq_cause(io);
+        }
+    }
+
+    /// Bus mastering was turned on: run the work that waited for it.
+    pub(crate) fn dma_enabled(&mut self, io: &mut Io) {
+        self.process_atq(io);
+        self.deliver_arq(io);
+    }
+
+    // ----- reset -------------------------------------------------------------------------------
+
+    /// A VF reset (see the module documentation of `device`). Ends with RSTAT = COMPLETED.
+    pub(crate) fn vf_reset(&mut self, io: &mut Io) {
+        Counters::bump(&io.counters.vf_resets);
+        self.rstat = VfrState::InProgress;
+        for q in 0..self.queues {
+            if self.vf.tx.get(usize::from(q)).is_some_and(|t| t.enabled) {
+                io.ops.push(EmuOp::Clear(queue_ids::tx(q)));
+            }
+            if self.vf.rx.get(usize::from(q)).is_some_and(|r| r.enabled) {
+                io.ops.push(EmuOp::Clear(queue_ids::rx(q)));
+            }
+        }
+        io.ops.push(EmuOp::Clear(queue_ids::ATQ));
+        io.ops.push(EmuOp::Clear(queue_ids::ARQ));
+        self.vf = VfState::new(self.queues, self.mac);
+        self.rss = Rss::new(self.queues);
+        self.atq = AqRegs::default();
+        self.arq = AqRegs::default();
+        self.arq_pending.clear();
+        self.icr01 = 0;
+        self.icr0_ena1 = 0;
+        self.dyn_ctl01 = 0;
+        self.stat_ctl01 = 0;
+        self.itr01 = [0; ITR_INDEXES as usize];
+        self.misc_pending = false;
+        self.dyn_ctln1 = [0; MAX_QUEUE_PAIRS as usize];
+        self.itrn1 = [[0; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize];
+        self.tx_tail = [0; MAX_QUEUE_PAIRS as usize];
+        self.rx_tail = [0; MAX_QUEUE_PAIRS as usize];
+        io.vsi_stats.clear();
+        self.rstat = VfrState::Completed;
+    }
+}
+
+/// Writes a descriptor with its flags word last, so a driver polling DD sees the rest first.
+fn write_desc(io: &Io, at: u64, desc: &AqDesc) -> Result<(), DmaFault> {
+    let b = desc.encode();
+    io.write(at.checked_add(2).ok_or(DmaFault::Access)?, &b[2..])?;
+    io.write(at, &b[..2])
+}
+
+/// Index `i` of a dword array at `base` with `count` entries, if `off` is one of them.
+fn dword_index(off: u64, base: u64, count: u16) -> Option<usize> {
+    let rel = off.checked_sub(base)?;
+    (rel < 4 * u64::from(count) && rel.is_multiple_of(4)).then_some((rel / 4) as usize)
+}
+
+fn itrn1_index(off: u64) -> Option<(usize, usize)> {
+    let rel = off.checked_sub(VFINT_ITRN1_BASE)?;
+    let (i, n) = ((rel / 64) as usize, ((rel % 64) / 4) as usize);
+    (rel.is_multiple_of(4) && i < usize::from(ITR_INDEXES) && n < usize::from(MAX_QUEUE_PAIRS))
+        .then_some((i, n))
+}
+
+fn dyn_ctln1_index(off: u64) -> Option<usize> {
+    dword_index(off, VFINT_DYN_CTLN1_BASE, MAX_QUEUE_PAIRS)
+}
+
+fn dword_of(bytes: &[u8], i: usize) -> u32 {
+    let mut d = [0u8; 4];
+    if let Some(s) = bytes.get(4 * i..4 * i + 4) {
+        d.copy_from_slice(s);
+    }
+    u32::from_le_bytes(d)
+}
+
+fn set_dword(bytes: &mut [u8], i: usize, v: u32) {
+    if let Some(s) = bytes.get_mut(4 * i..4 * i + 4) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_index_helpers() {
+        assert_eq!(
+            dword_index(VFQF_HKEY_BASE + 48, VFQF_HKEY_BASE, 13),
+            Some(12)
+        );
+        assert_eq!(dword_index(VFQF_HKEY_BASE + 52, VFQF_HKEY_BASE, 13), None);
+        assert_eq!(dword_index(VFQF_HKEY_BASE + 2, VFQF_HKEY_BASE, 13), None);
+        assert_eq!(dword_index(VFQF_HKEY_BASE - 4, VFQF_HKEY_BASE, 13), None);
+        assert_eq!(
+            itrn1_index(VFINT_ITRN1_BASE + 64 * 2 + 4 * 15),
+            Some((2, 15))
+        );
+        assert_eq!(itrn1_index(VFINT_ITRN1_BASE + 64 * 3), None);
+        assert_eq!(dyn_ctln1_index(VFINT_DYN_CTLN1_BASE + 60), Some(15));
+        assert_eq!(dyn_ctln1_index(VFINT_DYN_CTLN1_BASE + 64), None);
+        let mut b = [0u8; 8];
+        set_dword(&mut b, 1, 0x0403_0201);
+        assert_eq!(b, [0, 0, 0, 0, 1, 2, 3, 4]);
+        assert_eq!(dword_of(&b, 1), 0x0403_0201);
+        assert_eq!(dword_of(&b, 2), 0);
+        set_dword(&mut b, 2, 1);
+        assert_eq!(b, [0, 0, 0, 0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn aq_regs_decode_len_and_base() {
+        let r = AqRegs {
+            bal: 0x1000,
+            bah: 0x2,
+            len: 32 | AQLEN_ENABLE | AQLEN_CRIT,
+            head: 0,
+            tail: 0,
+        };
+        assert!(r.enabled());
+        assert_eq!(r.entries(), 32);
+        assert_eq!(r.base(), 0x2_0000_1000);
+        assert_eq!(r.desc(3), Some(0x2_0000_1060));
+        let cfg = r.queue_config(true).expect("enabled ring");
+        assert_eq!(cfg.size, 32);
+        assert_eq!(cfg.irq_vector, Some(0));
+        assert!(r
+            .queue_config(false)
+            .is_some_and(|c| c.irq_vector.is_none()));
+        let off = AqRegs { len: 32, ..r };
+        assert!(!off.enabled() && off.queue_config(false).is_none());
+        let empty = AqRegs {
+            len: AQLEN_ENABLE,
+            ..r
+        };
+        assert!(!empty.enabled());
+        let wraps = AqRegs {
+            bal: 0xFFFF_FFF0,
+            bah: 0xFFFF_FFFF,
+            ..r
+        };
+        assert!(wraps.queue_config(false).is_none());
+    }
+}

@@ -1,0 +1,637 @@
+//! The VF as a PCI function ([`IavfFunction`] on `emudev-pci`), the [`IavfDevice`] the
+//! vfio-user server drives (the function behind `PciDevice`, behind emudev's
+//! `VfioUserAdapter`), and [`IavfHandle`], the thread-safe handle applications and the data
+//! path use.
+//!
+//! Locks: the server holds its lock on the device for each message; the VF's state is behind
+//! its own mutex (`Shared::core`), so a handle can reach it from any thread. Changes to the
+//! emudev object model are queued under that mutex and applied after it is released, by
+//! whichever thread is not already applying them (emudev runs subscribers synchronously, and a
+//! subscriber may call back into the handle).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use emudev::{
+    AttrSpec, AttrValue, BuildError, Doorbell, EmuDev, EmuDevConf, EmuEvent, EventSink,
+    LifecycleError, NotifyError, QueueError, Region, SubscriptionId, VfioUserAdapter,
+};
+use emudev_dma::DmaMapInfo;
+use emudev_pci::{
+    default_config_write, default_reset, AddBarError, AddCapabilityError, BarSpec, ConfigKind,
+    ConfigSpace, FireOutcome, InterruptPin, MsixMaskMode, MsixSpec, MsixTable, PciDevice,
+    PciFunction, PciIds, PcieSpec, ValidateLayoutError,
+};
+use emudev_vfio_user::server::{Server, ServerBindError, ServerConfig};
+use emudev_vfio_user::{Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo};
+use thiserror::Error;
+
+use super::core::{Core, EmuOp, Io};
+use super::stats::{Counters, IavfStats, VsiStats};
+use super::{
+    format_mac, queue_ids, IavfConfig, IavfConfigError, IavfSnapshot, BAR0_SIZE, IAVF_CLASS_CODE,
+    IAVF_DEVICE_ID, IAVF_REVISION, IAVF_SUBSYSTEM_ID, IAVF_SUBSYSTEM_VENDOR_ID, IAVF_VENDOR_ID,
+    MSIX_BAR, MSIX_BAR_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET,
+};
+use crate::spec::regs::{qrx_tail, qtx_tail, VF_ARQT1, VF_ATQT1};
+
+/// Why [`IavfDevice::new`] failed.
+#[derive(Debug, Error)]
+pub enum CreateIavfError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] IavfConfigError),
+    /// A BAR could not be defined (a bug).
+    #[error("BAR layout: {0}")]
+    Bar(#[from] AddBarError),
+    /// A capability could not be added (a bug).
+    #[error("capability layout: {0}")]
+    Capability(#[from] AddCapabilityError),
+    /// The PCI layout is inconsistent (a bug).
+    #[error("PCI layout: {0}")]
+    Layout(#[from] ValidateLayoutError),
+    /// The emudev object model refused the layout (a bug).
+    #[error("emudev layout: {0}")]
+    Emu(#[from] BuildError),
+    /// The emudev device could not be configured or started.
+    #[error("emudev lifecycle: {0}")]
+    Lifecycle(#[from] LifecycleError),
+    /// The device could not subscribe to its own events.
+    #[error("emudev events: {0}")]
+    Subscribe(#[from] NotifyError),
+}
+
+/// What raising a queue interrupt did ([`IavfHandle::raise_queue_irq`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqOutcome {
+    /// Signalled.
+    Delivered,
+    /// Masked (MSI-X table or client mask): left pending, goes out on unmask.
+    Pending,
+    /// Not raised: the driver has the vector's `DYN_CTL*.INTENA` clear.
+    Gated,
+    /// Raised but it reached nobody (MSI-X disabled, no eventfd, no client, bad vector).
+    Undelivered,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Default)]
+struct OpQueue {
+    ops: VecDeque<EmuOp>,
+    draining: bool,
+}
+
+/// State shared by the function and its handles.
+pub(crate) struct Shared {
+    emu: EmuDev,
+    msix: MsixTable,
+    counters: Counters,
+    vsi_stats: VsiStats,
+    bus_master: AtomicBool,
+    core: Mutex<Core>,
+    opq: Mutex<OpQueue>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("emu", &self.emu)
+            .field("bus_master", &self.bus_master)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Runs `f` on the core with the given transport context, then applies the emudev changes
+    /// it asked for.
+    fn with_core<R>(
+        &self,
+        ctx: Option<&DeviceContext>,
+        f: impl FnOnce(&mut Core, &mut Io) -> R,
+    ) -> R {
+        let r = {
+            let mut core = lock(&self.core);
+            let mut io = Io {
+                ctx,
+                msix: &self.msix,
+                counters: &self.counters,
+                vsi_stats: &self.vsi_stats,
+                bus_master: self.bus_master.load(Ordering::SeqCst),
+                ops: Vec::new(),
+            };
+            let r = f(&mut core, &mut io);
+            // Queued while the core is locked, so they apply in the order the core made them.
+            if !io.ops.is_empty() {
+                lock(&self.opq).ops.extend(io.ops);
+            }
+            r
+        };
+        self.drain();
+        r
+    }
+
+    /// Applies queued emudev changes unless another call up the stack (or another thread) is.
+    fn drain(&self) {
+        {
+            let mut q = lock(&self.opq);
+            if q.draining || q.ops.is_empty() {
+                return;
+            }
+            q.draining = true;
+        }
+        loop {
+            let op = {
+                let mut q = lock(&self.opq);
+                match q.ops.pop_front() {
+                    Some(op) => op,
+                    None => {
+                        q.draining = false;
+                        return;
+                    }
+                }
+            };
+            self.apply(op);
+        }
+    }
+
+    fn apply(&self, op: EmuOp) {
+        let result = match op {
+            EmuOp::Configure(id, cfg) => self
+                .emu
+                .configure_queue(id, cfg)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            EmuOp::Clear(id) => match self.emu.clear_queue(id) {
+                Ok(()) | Err(QueueError::NotConfigured(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            EmuOp::Attr(name, value) => {
+                self.emu.update_attr(name, value).map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = result {
+            Counters::bump(&self.counters.emu_errors);
+            log::warn!("iavf {}: emudev refused an update: {e}", self.emu.name());
+        }
+    }
+
+    fn mmio_read(&self, ctx: &DeviceContext, offset: u64, data: &mut [u8]) {
+        Counters::bump(&self.counters.mmio_reads);
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            Counters::bump(&self.counters.bad_accesses);
+            log::debug!("iavf: bad {}-byte BAR0 read at {offset:#x}", data.len());
+            data.fill(0xFF);
+            return;
+        }
+        let v = self.with_core(Some(ctx), |c, _| c.reg_read(offset));
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn mmio_write(&self, ctx: &DeviceContext, offset: u64, data: &[u8]) {
+        Counters::bump(&self.counters.mmio_writes);
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            Counters::bump(&self.counters.bad_accesses);
+            log::debug!("iavf: bad {}-byte BAR0 write at {offset:#x}", data.len());
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            Counters::bump(&self.counters.bad_accesses);
+            return;
+        }
+        let v = u32::from_le_bytes(bytes);
+        self.with_core(Some(ctx), |c, io| c.reg_write(io, offset, v));
+    }
+
+    /// "link_up" changed in the object model (the application set it).
+    fn link_attr_changed(&self) {
+        let Ok(AttrValue::Bool(up)) = self.emu.get_attr("link_up") else {
+            return;
+        };
+        let ctx = self.emu.context();
+        self.with_core(ctx.as_ref(), |c, io| c.set_link(io, up));
+    }
+}
+
+/// The PCI function: config space and BAR handlers over the shared state.
+#[derive(Debug)]
+pub(crate) struct IavfFunction {
+    config: ConfigSpace,
+    shared: Arc<Shared>,
+}
+
+impl IavfFunction {
+    /// Mirrors the bus-master bit; turning it on runs the DMA that waited for it.
+    fn sync_bus_master(&self, ctx: &DeviceContext) {
+        let on = self.config.bus_master();
+        let was = self.shared.bus_master.swap(on, Ordering::SeqCst);
+        if on && !was {
+            self.shared.with_core(Some(ctx), |c, io| c.dma_enabled(io));
+        }
+    }
+}
+
+impl PciFunction for IavfFunction {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn bar_read(
+        &mut self,
+        ctx: &DeviceContext,
+        bar: u8,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), Errno> {
+        match bar {
+            0 => self.shared.mmio_read(ctx, offset, data),
+            // BAR3 outside the MSI-X table and PBA.
+            _ => data.fill(0),
+        }
+        Ok(())
+    }
+
+    fn bar_write(
+        &mut self,
+        ctx: &DeviceContext,
+        bar: u8,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
+        if bar == 0 {
+            self.shared.mmio_write(ctx, offset, data);
+        }
+        Ok(())
+    }
+
+    fn msix_table(&self) -> Option<&MsixTable> {
+        Some(&self.shared.msix)
+    }
+
+    fn config_write(&mut self, ctx: &DeviceContext, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        default_config_write(self, ctx, offset, data)?;
+        self.sync_bus_master(ctx);
+        Ok(())
+    }
+
+    /// DEVICE_RESET: a function-level reset (config space, MSI-X) and a VF reset.
+    fn reset(&mut self, ctx: &DeviceContext) -> Result<(), Errno> {
+        default_reset(self);
+        self.shared.bus_master.store(false, Ordering::SeqCst);
+        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io));
+        Ok(())
+    }
+
+    /// The client left: its memory is gone, so the VF is reset as VFIO resets a released
+    /// function (config space is kept for a reconnecting client; the next driver re-initialises).
+    fn client_disconnected(&mut self, ctx: &DeviceContext) {
+        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io));
+    }
+}
+
+/// A thread-safe handle on a running VF: counters, state, link, and queue interrupts for the
+/// data path. Clone it freely.
+#[derive(Debug, Clone)]
+pub struct IavfHandle {
+    shared: Arc<Shared>,
+}
+
+impl IavfHandle {
+    /// The device's counters now.
+    pub fn stats(&self) -> IavfStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The VSI's Ethernet counters (the data path adds to them; GET_STATS reports them).
+    pub fn vsi_stats(&self) -> &VsiStats {
+        &self.shared.vsi_stats
+    }
+
+    /// The VF's state now.
+    pub fn snapshot(&self) -> IavfSnapshot {
+        lock(&self.shared.core).snapshot()
+    }
+
+    /// The emudev object model.
+    pub fn emu(&self) -> &EmuDev {
+        &self.shared.emu
+    }
+
+    /// The MSI-X table.
+    pub fn msix(&self) -> &MsixTable {
+        &self.shared.msix
+    }
+
+    /// Sets the link state; a VF with enabled queues gets a LINK_CHANGE event. (Setting the
+    /// "link_up" attribute does the same.)
+    pub fn set_link(&self, up: bool) {
+        let ctx = self.shared.emu.context();
+        self.shared
+            .with_core(ctx.as_ref(), |c, io| c.set_link(io, up));
+    }
+
+    /// Raises queue interrupt `vector` (as CONFIG_IRQ_MAP assigned it) if the driver enabled
+    /// it: `DYN_CTLN1(vector - 1).INTENA`, or `DYN_CTL01.INTENA` for vector 0. For the data path.
+    pub fn raise_queue_irq(&self, vector: u16) -> IrqOutcome {
+        let ctx = self.shared.emu.context();
+        self.shared.with_core(ctx.as_ref(), |c, io| {
+            let enabled = if vector == 0 {
+                c.misc_enabled()
+            } else {
+                c.queue_vector_enabled(vector)
+            };
+            if !enabled {
+                return IrqOutcome::Gated;
+            }
+            match io.fire(vector) {
+                Some(FireOutcome::Delivered) => IrqOutcome::Delivered,
+                Some(FireOutcome::Pending) => IrqOutcome::Pending,
+                Some(FireOutcome::Disabled) | None => IrqOutcome::Undelivered,
+            }
+        })
+    }
+}
+
+/// The emulated AVF VF, ready to hand to a vfio-user server.
+pub struct IavfDevice {
+    adapter: VfioUserAdapter<PciDevice<IavfFunction>>,
+    config: IavfConfig,
+    handle: IavfHandle,
+    subscription: Option<SubscriptionId>,
+}
+
+impl fmt::Debug for IavfDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IavfDevice")
+            .field("config", &self.config)
+            .field("emu", self.handle.emu())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pci_config(cfg: &IavfConfig) -> Result<ConfigSpace, CreateIavfError> {
+    let ids = PciIds {
+        vendor_id: IAVF_VENDOR_ID,
+        device_id: IAVF_DEVICE_ID,
+        subsystem_vendor_id: IAVF_SUBSYSTEM_VENDOR_ID,
+        subsystem_id: IAVF_SUBSYSTEM_ID,
+        revision: IAVF_REVISION,
+        class_code: IAVF_CLASS_CODE,
+    };
+    let mut config = ConfigSpace::new(ConfigKind::Express, &ids, InterruptPin::None);
+    config.add_bar(BarSpec::mem64(0, BAR0_SIZE).prefetchable())?;
+    config.add_bar(BarSpec::mem64(MSIX_BAR, MSIX_BAR_SIZE).prefetchable())?;
+    config.add_pcie(PcieSpec::default(), None)?;
+    config.add_msix(
+        MsixSpec::new(
+            cfg.vectors(),
+            MSIX_BAR,
+            MSIX_TABLE_OFFSET,
+            MSIX_BAR,
+            MSIX_PBA_OFFSET,
+        ),
+        None,
+    )?;
+    Ok(config)
+}
+
+fn emu_model(cfg: &IavfConfig) -> Result<EmuDev, CreateIavfError> {
+    let mut b = EmuDev::builder(&cfg.name, "iavf")
+        .max_queues(queue_ids::slots(crate::spec::regs::MAX_QUEUE_PAIRS))
+        .region(Region::trapped(0, "bar0", BAR0_SIZE))
+        .doorbell(
+            queue_ids::ATQ_DOORBELL,
+            Doorbell::trapped(0, VF_ATQT1).with_width(4),
+        )
+        .doorbell(
+            queue_ids::ARQ_DOORBELL,
+            Doorbell::trapped(0, VF_ARQT1).with_width(4),
+        );
+    for q in 0..cfg.queues {
+        // q < 16: both registers exist.
+        if let (Some(tx), Some(rx)) = (qtx_tail(q), qrx_tail(q)) {
+            b = b
+                .doorbell(
+                    queue_ids::tx_doorbell(q),
+                    Doorbell::trapped(0, tx).with_width(4),
+                )
+                .doorbell(
+                    queue_ids::rx_doorbell(q),
+                    Doorbell::trapped(0, rx).with_width(4),
+                );
+        }
+    }
+    let emu = b
+        .attr(
+            "mac",
+            AttrSpec::read_only(AttrValue::Bytes(cfg.mac.to_vec())).with_check(|v| {
+                match v.as_bytes() {
+                    Some(b) if b.len() == 6 => Ok(()),
+                    _ => Err("a MAC address is 6 bytes".to_string()),
+                }
+            }),
+        )
+        .attr(
+            "mtu",
+            AttrSpec::read_only(AttrValue::U64(u64::from(cfg.mtu))),
+        )
+        .attr(
+            "num_queue_pairs",
+            AttrSpec::read_only(AttrValue::U64(u64::from(cfg.queues))),
+        )
+        .attr("link_up", AttrSpec::read_write(AttrValue::Bool(true)))
+        .build()?;
+    emu.configure(EmuDevConf::new(queue_ids::slots(cfg.queues)))?;
+    emu.start()?;
+    Ok(emu)
+}
+
+impl IavfDevice {
+    /// A VF in its power-on state (RSTAT VFACTIVE, link up), its emudev model configured and
+    /// started.
+    pub fn new(config: IavfConfig) -> Result<Self, CreateIavfError> {
+        config.validate()?;
+        let pci = pci_config(&config)?;
+        let cap = pci
+            .msix_capability()
+            .ok_or(CreateIavfError::Layout(ValidateLayoutError::MsixMismatch))?;
+        let emu = emu_model(&config)?;
+        let shared = Arc::new(Shared {
+            emu: emu.clone(),
+            msix: MsixTable::new(cap, MsixMaskMode::Auto),
+            counters: Counters::default(),
+            vsi_stats: VsiStats::default(),
+            bus_master: AtomicBool::new(false),
+            core: Mutex::new(Core::new(config.queues, config.mac, config.mtu)),
+            opq: Mutex::new(OpQueue::default()),
+        });
+        let weak = Arc::downgrade(&shared);
+        let subscription = emu.subscribe_event(EventSink::callback(move |ev| {
+            if let EmuEvent::AttrChanged { name } = ev {
+                if name == "link_up" {
+                    if let Some(s) = weak.upgrade() {
+                        s.link_attr_changed();
+                    }
+                }
+            }
+        }))?;
+        let pci = PciDevice::new(IavfFunction {
+            config: pci,
+            shared: shared.clone(),
+        });
+        pci.validate()?;
+        log::debug!(
+            "iavf {}: {} queue pairs, mac {}, mtu {}",
+            config.name,
+            config.queues,
+            format_mac(&config.mac),
+            config.mtu
+        );
+        Ok(IavfDevice {
+            adapter: VfioUserAdapter::new(emu, pci),
+            config,
+            handle: IavfHandle { shared },
+            subscription: Some(subscription),
+        })
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &IavfConfig {
+        &self.config
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> IavfHandle {
+        self.handle.clone()
+    }
+
+    /// The emudev object model.
+    pub fn emu(&self) -> &EmuDev {
+        self.adapter.emu()
+    }
+
+    /// The PCI config space now.
+    pub fn pci_config(&self) -> &ConfigSpace {
+        &self.adapter.inner().function().config
+    }
+
+    /// The device's counters now.
+    pub fn stats(&self) -> IavfStats {
+        self.handle.stats()
+    }
+
+    /// The VF's state now.
+    pub fn snapshot(&self) -> IavfSnapshot {
+        self.handle.snapshot()
+    }
+
+    /// Binds a vfio-user server for this device on `path` and binds the server's DMA and IRQ
+    /// tables to the object model right away.
+    pub fn serve(
+        self,
+        path: impl AsRef<Path>,
+        config: ServerConfig,
+    ) -> Result<Server<IavfDevice>, ServerBindError> {
+        let emu = self.emu().clone();
+        let server = Server::bind(path, self, config)?;
+        emu.bind_context(server.context());
+        Ok(server)
+    }
+}
+
+impl Drop for IavfDevice {
+    fn drop(&mut self) {
+        if let Some(id) = self.subscription.take() {
+            // A closed device has no subscriptions left to remove.
+            let _ = self.adapter.emu().unsubscribe_event(id);
+        }
+    }
+}
+
+impl Device for IavfDevice {
+    fn info(&self) -> DeviceInfo {
+        self.adapter.info()
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        self.adapter.region_info(index)
+    }
+
+    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+        self.adapter.irq_info(index)
+    }
+
+    fn region_read(
+        &mut self,
+        ctx: &DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), Errno> {
+        self.adapter.region_read(ctx, index, offset, data)
+    }
+
+    fn region_write(
+        &mut self,
+        ctx: &DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
+        self.adapter.region_write(ctx, index, offset, data)
+    }
+
+    fn reset(&mut self, ctx: &DeviceContext) -> Result<(), Errno> {
+        self.adapter.reset(ctx)
+    }
+
+    fn region_io_fds(&self, index: u32) -> Option<Vec<IoEventFd>> {
+        self.adapter.region_io_fds(index)
+    }
+
+    fn client_connected(&mut self, ctx: &DeviceContext) {
+        self.adapter.client_connected(ctx);
+    }
+
+    fn client_disconnected(&mut self, ctx: &DeviceContext) {
+        self.adapter.client_disconnected(ctx);
+    }
+
+    fn dma_mapped(&mut self, ctx: &DeviceContext, map: &DmaMapInfo) {
+        self.adapter.dma_mapped(ctx, map);
+    }
+
+    fn dma_unmapped(&mut self, ctx: &DeviceContext, map: &DmaMapInfo) {
+        self.adapter.dma_unmapped(ctx, map);
+    }
+
+    fn irqs_changed(&mut self, ctx: &DeviceContext, index: u32) {
+        self.adapter.irqs_changed(ctx, index);
+    }
+
+    fn device_feature(
+        &mut self,
+        ctx: &DeviceContext,
+        flags: u32,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
+        self.adapter.device_feature(ctx, flags, data)
+    }
+
+    fn mig_data_read(&mut self, ctx: &DeviceContext, size: u32) -> Result<Vec<u8>, Errno> {
+        self.adapter.mig_data_read(ctx, size)
+    }
+
+    fn mig_data_write(&mut self, ctx: &DeviceContext, data: &[u8]) -> Result<(), Errno> {
+        self.adapter.mig_data_write(ctx, data)
+    }
+}
