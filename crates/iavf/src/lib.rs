@@ -10,6 +10,7 @@
 //!   [`IavfDevice`] is a vfio-user `Device`; [`IavfHandle`] reaches it from other threads.
 
 pub mod device;
+pub mod driver;
 pub mod spec;
 
 pub use device::{
