@@ -568,6 +568,10 @@ impl Core {
 
     /// Executes one ATQ descriptor: returns (ERR flag, retval) for its write-back.
     fn execute(&mut self, io: &mut Io, desc: &AqDesc) -> (bool, u16) {
+        if desc.opcode == aq::OPC_QUEUE_SHUTDOWN {
+            // Nothing to tear down on our side; Linux ignores the result but expects DD|CMP.
+            return (false, rc::OK);
+        }
         if desc.opcode != aq::OPC_SEND_MSG_TO_PF {
             Counters::bump(&io.counters.aq_errors);
             log::debug!("iavf: ATQ opcode {:#06x} is not send-to-PF", desc.opcode);
@@ -703,7 +707,10 @@ impl Core {
     // ----- reset -------------------------------------------------------------------------------
 
     /// A VF reset (see the module documentation of `device`). Ends with RSTAT = COMPLETED.
-    pub(crate) fn vf_reset(&mut self, io: &mut Io) {
+    /// Resets the VF. `keep_version`: the negotiated virtchnl version survives (a reset the VF
+    /// or the VMM asked for: Linux goes straight to GET_VF_RESOURCES afterwards, as i40e and ice
+    /// keep the version); a new client (disconnect) starts from nothing.
+    pub(crate) fn vf_reset(&mut self, io: &mut Io, keep_version: bool) {
         Counters::bump(&io.counters.vf_resets);
         self.rstat = VfrState::InProgress;
         for q in 0..self.queues {
@@ -716,7 +723,9 @@ impl Core {
         }
         io.ops.push(EmuOp::Clear(queue_ids::ATQ));
         io.ops.push(EmuOp::Clear(queue_ids::ARQ));
+        let version = if keep_version { self.vf.version } else { None };
         self.vf = VfState::new(self.queues, self.mac);
+        self.vf.version = version;
         self.rss = Rss::new(self.queues);
         self.atq = AqRegs::default();
         self.arq = AqRegs::default();
@@ -732,7 +741,9 @@ impl Core {
         self.tx_tail = [0; MAX_QUEUE_PAIRS as usize];
         self.rx_tail = [0; MAX_QUEUE_PAIRS as usize];
         io.vsi_stats.clear();
-        self.rstat = VfrState::Completed;
+        // Linux's reset task waits for VFACTIVE (only its probe path also accepts COMPLETED);
+        // i40e ends every VF reset by writing VFACTIVE.
+        self.rstat = VfrState::VfActive;
     }
 }
 

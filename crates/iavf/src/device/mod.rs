@@ -22,8 +22,11 @@
 //!   is released) stops every queue, clears the MAC filters but the default MAC, the VLAN
 //!   filters, promiscuous mode, the IRQ map, RSS state and the admin-queue registers (so ARQLEN's
 //!   enable bit reads 0, which Linux takes as "reset detected"), drops undelivered ARQ messages,
-//!   forgets the negotiated version, and leaves RSTAT at COMPLETED; the next admin-queue enable
-//!   makes it VFACTIVE. Otherwise the enable bits read back as the driver wrote them.
+//!   and ends with RSTAT at VFACTIVE (Linux's reset task waits for exactly that). A reset the VF
+//!   or the VMM asked for keeps the negotiated virtchnl version (Linux goes straight to
+//!   GET_VF_RESOURCES afterwards); a client disconnect forgets it. Otherwise the enable bits read
+//!   back as the driver wrote them. The admin-queue opcode 0x0003 (queue shutdown, which Linux
+//!   sends before a reset) completes successfully.
 //! - Admin queue: an `ATQT` write processes descriptors `[ATQH, ATQT)` through the DMA table,
 //!   writes `DD|CMP` (+`ERR` and a `retval` on an AQ-level fault) and advances `ATQH`. Replies
 //!   and events go to the ARQ entries the driver posted (`ARQH != ARQT`), opcode 0x0802, op in
@@ -92,8 +95,13 @@ pub const VSI_ID: u16 = 1;
 pub const LINK_SPEED_MBPS: u32 = 10_000;
 /// Most MAC filters (default MAC included).
 pub const MAX_MAC_FILTERS: usize = 64;
-/// Smallest and largest MTU.
-pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=9710;
+/// What the drivers add to an MTU to get the frame size: Ethernet header 14, two VLAN tags 8,
+/// FCS 4 (Linux's `LIBETH_RX_LL_LEN`). GET_VF_RESOURCES reports `max_mtu` as a frame size —
+/// `mtu + L2_OVERHEAD` — because Linux sets `netdev->max_mtu = max_mtu - LIBETH_RX_LL_LEN` and
+/// sends `max_pkt_size = max_mtu`.
+pub const L2_OVERHEAD: u16 = 26;
+/// Smallest and largest MTU (the largest frame, 9728, less [`L2_OVERHEAD`]).
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=9702;
 /// Largest frame a VF may ask for (`max_pkt_size`).
 pub const MAX_FRAME_SIZE: u32 = 9728;
 /// Smallest and largest RX data buffer.
@@ -153,7 +161,8 @@ pub struct IavfConfig {
     /// Default MAC address (unicast, not zero). [`IavfConfig::new`] derives a locally
     /// administered one from the name.
     pub mac: [u8; 6],
-    /// MTU ([`MTU_RANGE`]); reported as `max_mtu`.
+    /// MTU ([`MTU_RANGE`]); GET_VF_RESOURCES reports the frame size `mtu + L2_OVERHEAD` as
+    /// `max_mtu`.
     pub mtu: u16,
 }
 
@@ -410,8 +419,8 @@ mod config_tests {
             c.clone().with_mtu(67).validate(),
             Err(IavfConfigError::Mtu(67))
         );
-        assert!(c.clone().with_mtu(9711).validate().is_err());
-        assert!(c.clone().with_mtu(9710).validate().is_ok());
+        assert!(c.clone().with_mtu(9703).validate().is_err());
+        assert!(c.clone().with_mtu(9702).validate().is_ok());
         let mut e = c.clone();
         e.name.clear();
         assert_eq!(e.validate(), Err(IavfConfigError::EmptyName));

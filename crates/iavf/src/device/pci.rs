@@ -287,14 +287,14 @@ impl PciFunction for IavfFunction {
     fn reset(&mut self, ctx: &DeviceContext) -> Result<(), Errno> {
         default_reset(self);
         self.shared.bus_master.store(false, Ordering::SeqCst);
-        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io));
+        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io, true));
         Ok(())
     }
 
     /// The client left: its memory is gone, so the VF is reset as VFIO resets a released
     /// function (config space is kept for a reconnecting client; the next driver re-initialises).
     fn client_disconnected(&mut self, ctx: &DeviceContext) {
-        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io));
+        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io, false));
     }
 }
 

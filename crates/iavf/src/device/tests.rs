@@ -527,7 +527,8 @@ fn bring_up_with(n: u16) {
     let res = r.bring_up(n);
     assert_eq!(res.num_queue_pairs, n);
     assert_eq!(res.max_vectors, n + 1);
-    assert_eq!(res.max_mtu, 1500);
+    // A frame size: MTU 1500 + 26 (Linux derives netdev->max_mtu = max_mtu - 26).
+    assert_eq!(res.max_mtu, 1526);
     assert_eq!((res.rss_key_size, res.rss_lut_size), (52, 64));
     for c in [
         caps::L2,
@@ -645,12 +646,13 @@ fn reset_vf_then_a_second_bring_up() {
     );
     assert_eq!(r.stats().arq_delivered, delivered, "RESET_VF has no reply");
     assert_eq!(r.snap().arq_pending, 0);
-    // Linux's "reset detected": ARQLEN enable reads 0; RSTAT says done.
+    // Linux's "reset detected": ARQLEN enable reads 0; RSTAT says VFACTIVE, which Linux's
+    // reset task waits for (COMPLETED would leave it waiting forever).
     assert_eq!(r.r32(VF_ARQLEN1) & AQLEN_ENABLE, 0);
     assert_eq!(r.r32(VF_ATQLEN1), 0);
     assert_eq!(
         VfrState::from_rstat(r.r32(VFGEN_RSTAT)),
-        Some(VfrState::Completed)
+        Some(VfrState::VfActive)
     );
     let s = r.snap();
     assert!(s
@@ -661,7 +663,7 @@ fn reset_vf_then_a_second_bring_up() {
     assert!(s.rx.iter().all(|q| !q.enabled && q.vector.is_none()));
     assert_eq!(s.macs, vec![r.dev.config().mac], "default MAC kept");
     assert!(s.vlans.is_empty());
-    assert_eq!(s.version, None);
+    assert!(s.version.is_some(), "RESET_VF keeps the negotiated version");
     assert!(
         r.dev.emu().queues().is_empty(),
         "every emudev queue cleared"
@@ -699,6 +701,38 @@ fn device_reset_and_disconnect_reset_the_vf() {
     // A new driver starts from scratch.
     r.bring_up(1);
     r.still_works();
+}
+
+/// What the in-tree Linux iavf driver does on a reset it asks for (MTU change, TX timeout):
+/// the queue-shutdown AQ command, RESET_VF, wait for ARQLEN enable to clear, wait for RSTAT ==
+/// VFACTIVE, re-enable the admin queue, then GET_VF_RESOURCES without a new VERSION.
+#[test]
+fn linux_style_reset_keeps_version_and_ends_vfactive() {
+    let mut r = rig(1);
+    r.bring_up(1);
+    let errors = r.stats().aq_errors;
+    // iavf_shutdown_adminq: opcode 0x0003, no buffer; Linux ignores the result but waits for DD.
+    let slot = r.atq_ntu;
+    let at = ATQ_RING + u64::from(slot) * 32;
+    let mut d = AqDesc::send_to_pf(0, 0, 0);
+    d.opcode = aq::OPC_QUEUE_SHUTDOWN;
+    d.flags = aq::FLAG_SI;
+    r.mem_w(at, &d.encode());
+    r.atq_ntu = (slot + 1) % AQ_LEN;
+    let t = r.atq_ntu;
+    r.w32(VF_ATQT1, t);
+    let done = r.desc(at);
+    assert!(done.has(aq::FLAG_DD | aq::FLAG_CMP), "{done:?}");
+    assert!(!done.has(aq::FLAG_ERR), "queue shutdown is not an error: {done:?}");
+    assert_eq!(r.stats().aq_errors, errors, "queue shutdown is not counted as an AQ error");
+    r.send(VirtchnlOp::ResetVf.raw(), &[]);
+    assert_eq!(r.r32(VF_ARQLEN1) & AQLEN_ENABLE, 0);
+    assert_eq!(VfrState::from_rstat(r.r32(VFGEN_RSTAT)), Some(VfrState::VfActive));
+    r.aq_init();
+    // No VERSION this time.
+    let res = r.ok(VirtchnlOp::GetVfResources, &(caps::L2 | caps::RSS_PF).to_le_bytes());
+    assert!(!res.is_empty());
+    assert_eq!(r.stats().vc_errors, 0);
 }
 
 // ----- interrupts and the ARQ ---------------------------------------------------------------

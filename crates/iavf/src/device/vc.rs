@@ -9,7 +9,7 @@ use emudev_dma::Iova;
 use super::core::{Core, EmuOp, Io};
 use super::stats::Counters;
 use super::{
-    queue_ids, LINK_SPEED_MBPS, MAX_FRAME_SIZE, MAX_MAC_FILTERS, MIN_FRAME_SIZE, RX_BUFFER_RANGE,
+    queue_ids, L2_OVERHEAD, LINK_SPEED_MBPS, MAX_FRAME_SIZE, MAX_MAC_FILTERS, MIN_FRAME_SIZE, RX_BUFFER_RANGE,
     VSI_ID,
 };
 use crate::spec::desc::{RING_LEN_ALIGN, RING_LEN_MAX, RX_DESC32_SIZE, TX_DESC_SIZE};
@@ -149,7 +149,7 @@ impl Core {
         match req {
             VfRequest::Version(v) => Ok(self.version(v)),
             VfRequest::ResetVf => {
-                self.vf_reset(io);
+                self.vf_reset(io, true);
                 Ok(Done::default())
             }
             VfRequest::GetVfResources { caps } => self.get_vf_resources(caps),
@@ -218,7 +218,7 @@ impl Core {
         let res = VfResource {
             num_queue_pairs: self.queues,
             max_vectors: self.queues + 1,
-            max_mtu: self.mtu,
+            max_mtu: self.mtu + L2_OVERHEAD,
             vf_cap_flags: granted,
             rss_key_size: u32::from(RSS_KEY_SIZE),
             rss_lut_size: u32::from(RSS_LUT_SIZE),

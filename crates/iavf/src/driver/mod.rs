@@ -92,8 +92,8 @@ pub const DEFAULT_CAPS: u32 =
     caps::L2 | caps::RSS_PF | caps::WB_ON_ITR | caps::VLAN | caps::ADV_LINK_SPEED;
 /// First IOVA of the driver's DMA memory by default.
 pub const DEFAULT_IOVA_BASE: u64 = 0x1000_0000;
-/// Ethernet header, CRC and one VLAN tag: added to the MTU for the default `max_pkt_size`.
-pub const ETH_OVERHEAD: u32 = 14 + 4 + 4;
+/// Ethernet header, CRC and two VLAN tags (Linux's `LIBETH_RX_LL_LEN`): the frame size of an MTU.
+pub const ETH_OVERHEAD: u32 = 14 + 8 + 4;
 /// Events kept for [`IavfDriver::take_events`] before the oldest are dropped.
 pub const MAX_QUEUED_EVENTS: usize = 256;
 /// Longest sleep between two looks at the admin queue.
@@ -121,7 +121,8 @@ pub struct DriverConfig {
     pub ring_len: u16,
     /// RX data buffer size (also the TX buffer size of [`QueuePair::tx_buffers`]).
     pub rx_buffer_size: u32,
-    /// Largest frame; `None`: the PF's `max_mtu` + [`ETH_OVERHEAD`].
+    /// Largest frame; `None`: the PF's `max_mtu` (a frame size), or 1500 + [`ETH_OVERHEAD`] if
+    /// the PF reports none.
     pub max_pkt_size: Option<u32>,
     /// Capabilities requested in GET_VF_RESOURCES.
     pub caps: u32,
@@ -1061,11 +1062,8 @@ impl IavfDriver {
             .negotiated
             .as_ref()
             .map_or(0, |n| u32::from(n.resources.max_mtu));
-        let max_pkt = cfg.max_pkt_size.unwrap_or(if max_mtu == 0 {
-            1500 + ETH_OVERHEAD
-        } else {
-            max_mtu + ETH_OVERHEAD
-        });
+        // The PF's `max_mtu` is already a frame size (Linux sends it as `max_pkt_size`).
+        let max_pkt = cfg.max_pkt_size.unwrap_or(if max_mtu == 0 { 1500 + ETH_OVERHEAD } else { max_mtu });
         Ok((plans, max_pkt))
     }
 

@@ -43,6 +43,9 @@ pub const FLAG_EI: u16 = 0x4000;
 /// Flush on error.
 pub const FLAG_FE: u16 = 0x8000;
 
+/// `iavf_aqc_opc_queue_shutdown`: the VF is about to shut its admin queue down (Linux sends it,
+/// synchronous and without a buffer, at the start of every reset it asks for).
+pub const OPC_QUEUE_SHUTDOWN: u16 = 0x0003;
 /// `iavf_aqc_opc_send_msg_to_pf`: a virtchnl message from the VF.
 pub const OPC_SEND_MSG_TO_PF: u16 = 0x0801;
 /// `iavf_aqc_opc_send_msg_to_vf`: a virtchnl message (reply or event) to the VF.
