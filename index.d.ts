@@ -23,6 +23,70 @@ export declare class DmaBuffer {
   write(offset: number, data: Buffer): void
 }
 
+/** A vfio-user client whose requests run on the libuv pool (see the module documentation). */
+export declare class NativeAsyncClient {
+  /**
+   * Connects to the vfio-user socket at `path` on a worker thread, negotiates and reads
+   * the device and region info. `onIrq(index, vector, count)` is called for interrupts on
+   * the eventfds `enableIrqs` binds (it never keeps Node alive by itself).
+   *
+   * Rejects with `ERR_VFU_ENOENT` / `ERR_VFU_ECONNREFUSED`, `ERR_VFU_EAGAIN` (no answer in
+   * time), `ERR_EMUDEV_INVALID_ARG` for bad options.
+   */
+  static connect(path: string, options?: ConnectOptions | undefined | null, onIrq?: ((index: number, vector: number, count: number) => void) | undefined | null): Promise<NativeAsyncClient>
+  /** The socket path. */
+  get path(): string
+  /** Whether a twin socket was negotiated. */
+  get twinSocket(): boolean
+  /** Whether `close()` was called. */
+  get closed(): boolean
+  /** The device info read at connect time. */
+  deviceInfo(): DeviceInfo
+  /** Every region's description, read at connect time. */
+  regions(): Array<RegionDesc>
+  /** `DEVICE_GET_IRQ_INFO` for `index`. */
+  irqInfo(index: number): Promise<IrqInfo>
+  /** Reads `length` bytes of region `index` at `offset` (REGION_READ). */
+  regionRead(index: number, offset: number, length: number): Promise<Buffer>
+  /** Writes `data` to region `index` at `offset` (REGION_WRITE). */
+  regionWrite(index: number, offset: number, data: Buffer): Promise<void>
+  /** Reads a little-endian u32. */
+  readU32(index: number, offset: number): Promise<number>
+  /** Writes a u32 (0 to 2^32 - 1). */
+  writeU32(index: number, offset: number, value: number): Promise<void>
+  /** Reads a little-endian u64, as a bigint. */
+  readU64(index: number, offset: number): Promise<bigint>
+  /** Writes a u64 (a bigint from 0n to 2n ** 64n - 1n). */
+  writeU64(index: number, offset: number, value: bigint): Promise<void>
+  /**
+   * Maps every mappable area of region `index` into this process and resolves with one
+   * zero-copy `Buffer` per area. Rejects with `ERR_VFU_EINVAL` for a region without an
+   * mmap fd and `ERR_VFU_EACCES` for a read-only one (use `regionRead` there).
+   */
+  mapRegion(index: number): Promise<Array<MappedArea>>
+  /**
+   * Allocates `size` bytes of zeroed shared memory and DMA-maps it for the device at
+   * `iova` (with `shareFd`, the default, the server maps the memory; without, it reaches
+   * it by DMA_READ/DMA_WRITE messages).
+   */
+  allocDma(iova: bigint, size: number, shareFd?: boolean | undefined | null): Promise<DmaBuffer>
+  /**
+   * Creates `count` eventfds, binds them to vectors `0..count` of IRQ `index` (replacing
+   * earlier ones) and watches them: each interrupt calls `onIrq`.
+   */
+  enableIrqs(index: number, count: number): Promise<void>
+  /** Unbinds every vector of IRQ `index` and stops watching it. */
+  disableIrqs(index: number): Promise<void>
+  /** Resets the device (`DEVICE_RESET`). */
+  reset(): Promise<void>
+  /**
+   * Disconnects (on a worker): stops the interrupt poller and releases `onIrq`, frees the
+   * DMA memory, closes the socket. Pending requests reject with `ERR_EMUDEV_CLOSED`.
+   * Idempotent: a second call resolves once the first one has finished.
+   */
+  close(): Promise<void>
+}
+
 /** A vfio-user client connected to one device. */
 export declare class NativeClient {
   /**
@@ -89,6 +153,108 @@ export declare class NativeClient {
 }
 
 /**
+ * A PCI device whose BAR handlers are JavaScript (see `PciDevice` in the TypeScript API,
+ * which wraps this class).
+ */
+export declare class NativePciDevice {
+  /**
+   * Builds the device from `spec`; `dispatch` receives every handler call as
+   * `(op, a, b, c, value, data)` (see `src/device.ts`, which provides it).
+   *
+   * Throws `ERR_EMUDEV_INVALID_ARG` with a message naming the bad part of the spec.
+   */
+  constructor(spec: NativeDeviceSpec, dispatch: (op: number, a: number, b: number, c: number, value: number | bigint | null, data: Buffer | null) => number | bigint | Buffer | undefined | null)
+  /** The name from the spec. */
+  get name(): string
+  /** The socket path while listening, else null. */
+  get path(): string | null
+  /** Whether `close()` was called. */
+  get closed(): boolean
+  /**
+   * Serves the device on the UNIX socket at `path` (mode 0600), from a thread of its own.
+   *
+   * Throws `ERR_EMUDEV_SOCKET_IN_USE`, `ERR_EMUDEV_NOT_A_SOCKET` or `ERR_VFU_<ERRNO>` as
+   * `NativeServer.listenEdu` does, `ERR_EMUDEV_INVALID_ARG` when already listening and
+   * `ERR_EMUDEV_CLOSED` after `close()`.
+   */
+  listen(path: string): void
+  /**
+   * Chooses which events the dispatcher receives: bit `1 << op` for `reset` (2),
+   * `connected` (4), `disconnected` (5), `dmaMapped` (6), `dmaUnmapped` (7) and
+   * `irqsChanged` (8); all are on until the first call. An event nobody listens to then
+   * costs no wake-up of the JavaScript thread. Handler errors are always delivered, and
+   * `reset` always reaches a device built with `handlesReset`.
+   */
+  setEventMask(mask: number): void
+  /** Server and handler counters. */
+  stats(): PciDeviceStats
+  /**
+   * Signals vector `vector` of IRQ `index` (INTx 0, MSI 1, MSI-X 2, ERR 3, REQ 4) through
+   * the IRQ table: `'delivered'` (eventfd written), `'latched'` (the client masked it; sent
+   * on unmask) or `'unbound'` (no eventfd). It does not look at config space: see `fireMsi`,
+   * `fireMsix` and `setIntx` for the capability-aware ways. Throws `ERR_EMUDEV_INVALID_ARG`
+   * for an index or vector the device does not have.
+   */
+  irq(index: number, vector: number): 'delivered' | 'latched' | 'unbound'
+  /** The IRQ table's view of one vector, or null for one the device does not have. */
+  irqState(index: number, vector: number): IrqVectorState | null
+  /**
+   * Fires MSI vector `vector` through the MSI capability: `'disabled'` if the guest has not
+   * enabled MSI, `'pending'` if the vector is masked, else `'delivered'` / `'unbound'`.
+   */
+  fireMsi(vector: number): 'delivered' | 'pending' | 'disabled' | 'unbound'
+  /**
+   * Fires MSI-X vector `vector` through the MSI-X table (enable, function mask, entry
+   * masks, pending bits): `'delivered'`, `'pending'`, `'disabled'` or `'unbound'`.
+   */
+  fireMsix(vector: number): 'delivered' | 'pending' | 'disabled' | 'unbound'
+  /**
+   * Sets the INTx level: the status register's interrupt bit follows it, and a rising edge
+   * is signalled when the guest allows INTx (not disabled, MSI and MSI-X off).
+   */
+  setIntx(level: boolean): 'signalled' | 'latched' | 'suppressed' | 'unchanged' | 'lowered' | 'unbound'
+  /**
+   * Sets only the status register's interrupt bit (for devices that signal INTx with `irq`
+   * and keep the bit in step themselves).
+   */
+  setInterruptStatus(asserted: boolean): void
+  /** The command register and interrupt enables, as the guest programmed them. */
+  pciState(): PciState
+  /** Reads `length` bytes of config space at `offset`. */
+  configRead(offset: number, length: number): Buffer
+  /**
+   * Writes config space as a guest write would, minus the INTx follow-up: RO/RW/RW1C bits,
+   * BAR sizing, MSI-X enable and function mask, pending MSI vectors the write unmasked. A
+   * device with a `configWrite` handler calls this to apply the write.
+   */
+  configWrite(offset: number, data: Buffer): void
+  /**
+   * Reads `length` bytes of client memory at `iova` through the DMA table.
+   *
+   * Throws `ERR_VFU_EFAULT` for memory the client has not mapped, `ERR_VFU_EACCES` for a
+   * map that does not allow reading.
+   */
+  dmaRead(iova: bigint, length: number): Buffer
+  /** Writes `data` to client memory at `iova` through the DMA table. */
+  dmaWrite(iova: bigint, data: Buffer): void
+  /** The client's DMA maps now. */
+  dmaMappings(): Array<DmaMapping>
+  /** Reads `length` bytes of a BAR's shared memory (`mmap: true` in the spec) at `offset`. */
+  barRead(bar: number, offset: number, length: number): Buffer
+  /**
+   * Writes `data` into a BAR's shared memory at `offset` (the client sees it at once
+   * through its mapping).
+   */
+  barWrite(bar: number, offset: number, data: Buffer): void
+  /**
+   * Stops serving (on a worker thread): ends a pending handler wait, disconnects the
+   * client, joins the server thread, removes the socket file and releases the dispatcher.
+   * Idempotent: a second call resolves once the first one has finished.
+   */
+  close(): Promise<void>
+}
+
+/**
  * An `edu` device served over vfio-user on a UNIX socket.
  *
  * One client at a time; a client that leaves loses its DMA maps and
@@ -139,6 +305,18 @@ export interface DeviceInfo {
   numRegions: number
   /** Number of IRQ indexes (5 for a PCI device). */
   numIrqs: number
+}
+
+/** One entry of the DMA table (`dmaMappings`). */
+export interface DmaMapping {
+  /** First IOVA. */
+  iova: bigint
+  /** Size in bytes. */
+  size: bigint
+  /** Rights (READ = 1, WRITE = 2). */
+  prot: number
+  /** Whether the client passed an fd (else the memory is reached by DMA_READ/DMA_WRITE). */
+  fdBacked: boolean
 }
 
 /**
@@ -229,6 +407,129 @@ export interface IrqInfo {
   count: number
 }
 
+/** One vector of the IRQ table (`irqState`). */
+export interface IrqVectorState {
+  /** The client bound an eventfd. */
+  hasEventfd: boolean
+  /** The client masked the vector. */
+  masked: boolean
+  /** It fired while masked; it is signalled when unmasked. */
+  pending: boolean
+}
+
+/** One mappable area of a region, mapped into this process (`mapRegion`). */
+export interface MappedArea {
+  /** Offset of the area in the region. */
+  offset: number
+  /** Size in bytes. */
+  size: number
+  /** The area's bytes, zero-copy: reads see what the device writes, writes reach the device. */
+  buffer: Buffer
+}
+
+/** One BAR. */
+export interface NativeBarSpec {
+  /** First BAR slot (0-5; 0-4 for a 64-bit BAR). */
+  index: number
+  /** Size in bytes: a power of two (memory: at least 16; I/O: 4 to 256). */
+  size: number | bigint
+  /** Address space (default `'mem32'`). */
+  kind?: 'mem32' | 'mem64' | 'io'
+  /** Prefetchable memory (default false). */
+  prefetchable?: boolean
+  /**
+   * Back the BAR with shared memory the client may mmap (default false: every access
+   * is trapped to the handlers). The size must be a multiple of the page size.
+   */
+  mmap?: boolean
+}
+
+/** Everything `new NativePciDevice(spec, dispatch)` needs besides the dispatcher. */
+export interface NativeDeviceSpec {
+  /** A name for messages and memfds (default `"pci"`). */
+  name?: string
+  /** PCI identity. */
+  ids: NativePciIds
+  /**
+   * Config space: 256 bytes (`'conventional'`, the default) or 4096 with a PCI Express
+   * capability (`'express'`).
+   */
+  config?: 'conventional' | 'express'
+  /** BARs. */
+  bars: Array<NativeBarSpec>
+  /** Interrupts (default: INTA only). */
+  irqs?: NativeIrqSpec
+  /** Add a PCI power management capability (default false). */
+  pm?: boolean
+  /** Call the dispatcher for `DEVICE_RESET` (after config space and MSI-X are reset). */
+  handlesReset?: boolean
+  /**
+   * Call the dispatcher for config space writes instead of applying them (it applies them
+   * with `configWrite`).
+   */
+  handlesConfigWrite?: boolean
+  /** Bound on each wait for a handler, in ms (default 5000, 1 to 60000). */
+  handlerTimeoutMs?: number
+}
+
+/** Interrupts. */
+export interface NativeIrqSpec {
+  /** INTx pin (default `'a'`; `'none'`: no INTx). */
+  intx?: 'a' | 'b' | 'c' | 'd' | 'none'
+  /** MSI capability (default none). */
+  msi?: NativeMsiSpec
+  /** MSI-X capability (default none). */
+  msix?: NativeMsixSpec
+  /** Offer the ERR interrupt index (default true). */
+  err?: boolean
+  /** Offer the REQ interrupt index (default true). */
+  req?: boolean
+}
+
+/** An MSI capability. */
+export interface NativeMsiSpec {
+  /** Vectors: 1, 2, 4, 8, 16 or 32. */
+  vectors: number
+  /** Per-vector masking (default false). */
+  perVectorMask?: boolean
+  /** 64-bit message address (default true). */
+  address64?: boolean
+  /** Config space offset (default: the next free one from 0x40). */
+  offset?: number
+}
+
+/** An MSI-X capability with its table and PBA. */
+export interface NativeMsixSpec {
+  /** Table size: 1-2048. */
+  vectors: number
+  /** BAR holding the table. */
+  tableBar: number
+  /** Offset of the table in it (8-byte aligned). */
+  tableOffset: number
+  /** BAR holding the PBA. */
+  pbaBar: number
+  /** Offset of the PBA in it (8-byte aligned). */
+  pbaOffset: number
+  /** Config space offset (default: the next free one). */
+  offset?: number
+}
+
+/** PCI identity of a device. */
+export interface NativePciIds {
+  /** Vendor id (16 bits). */
+  vendorId: number
+  /** Device id (16 bits). */
+  deviceId: number
+  /** Subsystem vendor id (16 bits, default 0). */
+  subsystemVendorId?: number
+  /** Subsystem id (16 bits, default 0). */
+  subsystemId?: number
+  /** 24-bit class code: base class, sub-class, prog-if (default 0xff0000, "unassigned"). */
+  classCode?: number
+  /** Revision id (8 bits, default 0). */
+  revision?: number
+}
+
 /**
  * The version of the native addon (the crate version), e.g. `"0.1.0"`.
  *
@@ -236,6 +537,46 @@ export interface IrqInfo {
  * a stale `.node` file.
  */
 export declare function nativeVersion(): string
+
+/** Counters of a `NativePciDevice` (exact up to 2^53). */
+export interface PciDeviceStats {
+  /** Clients accepted so far. */
+  clients: number
+  /** Messages received. */
+  messages: number
+  /** Requests answered with an error. */
+  errors: number
+  /** Server-to-client DMA requests sent. */
+  dmaRequests: number
+  /** Whether a client is connected now. */
+  connected: boolean
+  /** Synchronous handler calls made. */
+  handlerCalls: number
+  /** Of those, the ones that failed (threw, returned a bad value, timed out...). */
+  handlerErrors: number
+  /** Of those, the ones that timed out. */
+  handlerTimeouts: number
+  /** Device operations JavaScript ran on the server thread while a handler was called. */
+  routedJobs: number
+}
+
+/** What the guest programmed into the command register and interrupt capabilities. */
+export interface PciState {
+  /** Command register. */
+  command: number
+  /** Status register. */
+  status: number
+  /** Command: bus master enable. */
+  busMaster: boolean
+  /** Command: INTx disable. */
+  intxDisabled: boolean
+  /** Status: the INTx line is asserted. */
+  interruptStatus: boolean
+  /** MSI enable. */
+  msiEnabled: boolean
+  /** MSI-X enable. */
+  msixEnabled: boolean
+}
 
 /**
  * What `regions()` returns for each region (`DEVICE_GET_REGION_INFO`).

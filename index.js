@@ -836,7 +836,9 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.DmaBuffer = nativeBinding.DmaBuffer
+module.exports.NativeAsyncClient = nativeBinding.NativeAsyncClient
 module.exports.NativeClient = nativeBinding.NativeClient
+module.exports.NativePciDevice = nativeBinding.NativePciDevice
 module.exports.NativeServer = nativeBinding.NativeServer
 module.exports.eduLayout = nativeBinding.eduLayout
 module.exports.errnoName = nativeBinding.errnoName

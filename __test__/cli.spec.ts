@@ -4,8 +4,10 @@ import { createServer } from 'node:net'
 
 import test from 'ava'
 
+import { join } from 'node:path'
+
 import { NativeClient, eduLayout } from '../src/index'
-import { cli, collectStderr, ensureDistBuilt, killOnTeardown, tempSocket, waitFor, waitForExit } from './helpers'
+import { cli, collectStderr, ensureDistBuilt, killOnTeardown, root, tempSocket, waitFor, waitForExit } from './helpers'
 
 // These tests run the built CLI as a user would. Rebuild the TypeScript first
 // if dist/ is missing or older than any source file, so a stale build is never tested.
@@ -115,3 +117,42 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     t.is(lines.at(-1), 'emudev: stopped')
   })
 }
+
+test('serve --script: usage errors exit 2, a bad script exits 1, each with one line', (t) => {
+  const edu = join(root, 'examples', 'edu.ts')
+  t.is(run('serve', '--script', edu).stderr, 'emudev serve: --script needs --sock (e.g. --sock /tmp/dev.sock)\n')
+  t.is(run('serve', '--script', edu).code, 2)
+  const both = run('serve', '--script', edu, '--sock', '/tmp/x.sock', '--vdev', 'emu_edu0,sock=/tmp/e.sock')
+  t.is(both.code, 2)
+  t.is(both.stderr, 'emudev serve: --script and --vdev cannot be combined\n')
+  t.is(run('serve', '--vdev', 'emu_edu0,sock=/tmp/e.sock', '--sock', '/x').code, 2)
+  const missing = run('serve', '--script', '/nonexistent/dev.ts', '--sock', '/tmp/x.sock')
+  t.is(missing.code, 1)
+  t.is(missing.stderr, 'emudev serve: /nonexistent/dev.ts: no such file\n')
+  const notDevice = run('serve', '--script', join(root, 'src', 'config.ts'), '--sock', '/tmp/x.sock')
+  t.is(notDevice.code, 1)
+  t.regex(notDevice.stderr, /the default export must be a PciDevice, a PciDeviceSpec, or a function returning one\n$/)
+  t.regex(run('serve', '--help').stdout, /--script <file>/)
+})
+
+test('serve --script serves a TypeScript device until SIGTERM', async (t) => {
+  const sock = tempSocket(t)
+  const script = join(root, 'examples', 'gpio.ts')
+  const child = spawn(process.execPath, [cli, 'serve', '--script', script, '--sock', sock], { stdio: ['ignore', 'pipe', 'pipe'] })
+  killOnTeardown(t, child)
+  const stderr = collectStderr(child)
+  t.true(await waitFor(() => stderr().includes('listening'), 20_000), stderr())
+  const client = NativeClient.connect(sock)
+  t.is(client.regionRead(7, 0, 4).readUInt32LE(0), 0x0dc8494f)
+  client.regionWrite(2, 0, Buffer.from([0x5a]))
+  t.is(client.regionRead(2, 0, 1)[0], 0x5a)
+  await client.close()
+  t.true(await waitFor(() => stderr().includes('client disconnected'), 5000), stderr())
+  child.kill('SIGTERM')
+  t.is(await waitForExit(child, 10_000), 0)
+  t.false(existsSync(sock))
+  const lines = stderr().trimEnd().split('\n')
+  t.is(lines[0], `emudev: gpio_idio16 (script ${script}) listening on ${sock}`)
+  t.is(lines[1], 'emudev: gpio_idio16: client connected')
+  t.is(lines.at(-1), 'emudev: stopped')
+})

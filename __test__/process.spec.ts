@@ -20,6 +20,22 @@ test('the demo (node dist/demo.js) exits 0 and prints each step', (t) => {
   t.is(r.stderr, '')
 })
 
+test('the demo drives the TypeScript edu (--script examples/edu.ts) with the same results', (t) => {
+  const r = spawnSync(process.execPath, [demo, '--script', join(root, 'examples', 'edu.ts')], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  })
+  t.is(r.status, 0, r.stderr)
+  t.regex(r.stdout, /^ {2}server +emudev serve --script .*examples\/edu\.ts --sock /m)
+  t.regex(r.stdout, /^ {2}factorial +10! = 3628800$/m)
+  t.regex(r.stdout, /^ {2}id +0x010000ed -> edu v1\.0$/m)
+  t.regex(r.stdout, /^ {2}dma .*identical$/m)
+  t.regex(r.stdout, /^ {2}msi +raise 0x1 -> eventfd count 1, status 0x1, ack -> 0x0$/m)
+  t.regex(r.stdout, /server \| emu_edu_ts \(script .*\) listening on /)
+  t.regex(r.stdout, /^ok$/m)
+  t.is(r.stderr, '')
+})
+
 test('after every NativeServer and NativeClient is closed, Node exits by itself', async (t) => {
   const sock = tempSocket(t)
   const script = `
@@ -47,4 +63,73 @@ test('after every NativeServer and NativeClient is closed, Node exits by itself'
   const started = Date.now()
   t.is(await waitForExit(child, 5000), 0, `still running or failed after ${Date.now() - started} ms: ${err}`)
   t.is(out, 'pending wait: ERR_EMUDEV_CLOSED\nclosed\n')
+})
+
+/** Runs `script` in a child `node -e`; resolves with its exit code (null: still running after `ms`) and output. */
+async function runChild(t: import('ava').ExecutionContext, script: string, ms: number) {
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+  killOnTeardown(t, child)
+  let out = ''
+  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c))
+  let err = ''
+  child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c))
+  const code = await waitForExit(child, ms)
+  return { code, out, err }
+}
+
+/** A child script prelude: the built package and a small TypeScript-style device on `sock`. */
+function devicePrelude(sock: string): string {
+  return `
+    const { PciDevice, VfioUserClient } = require(${JSON.stringify(join(root, 'dist', 'index.js'))})
+    const sock = ${JSON.stringify(sock)}
+    const device = new PciDevice({
+      ids: { vendorId: 0x1234, deviceId: 0x0001 },
+      bars: [{ index: 0, size: 4096 }],
+      handlers: { read: (bar, offset) => offset + 5, write: () => {} },
+    })
+  `
+}
+
+test('a listening PciDevice keeps Node alive until close(), then Node exits by itself', async (t) => {
+  const sock = tempSocket(t)
+  const script = `${devicePrelude(sock)}
+    ;(async () => {
+      await device.listen(sock)
+      const client = await VfioUserClient.connect(sock, { twinSocket: true })
+      console.log('read', await client.readU32(0, 0))
+      await client.enableIrqs(0, 1)
+      device.irq(0)
+      console.log('irq', await client.waitIrq(0, 0, 2000))
+      const pending = client.waitIrq(0, 0, 60000).catch((e) => e.code)
+      await client.close()
+      console.log('pending wait:', await pending)
+      // Nothing else keeps the loop alive now: only the listening device.
+      setTimeout(() => {
+        console.log('still alive, listening:', device.listening)
+        device.close().then(() => console.log('closed'))
+      }, 300).unref()
+    })().catch((e) => { console.error(e); process.exitCode = 1 })
+  `
+  const started = Date.now()
+  const r = await runChild(t, script, 5000)
+  t.is(r.code, 0, `still running or failed after ${Date.now() - started} ms: ${r.err}`)
+  t.is(r.out, 'read 5\nirq 1\npending wait: ERR_EMUDEV_CLOSED\nstill alive, listening: true\nclosed\n')
+  t.is(r.err, '')
+})
+
+test('an unref()ed device lets Node exit without close(), without a crash', async (t) => {
+  const sock = tempSocket(t)
+  const script = `${devicePrelude(sock)}
+    ;(async () => {
+      await device.listen(sock)
+      const client = await VfioUserClient.connect(sock)
+      console.log('read', await client.readU32(0, 8))
+      device.unref()
+    })().catch((e) => { console.error(e); process.exitCode = 1 })
+  `
+  for (let i = 0; i < 3; i++) {
+    const r = await runChild(t, script, 5000)
+    t.is(r.code, 0, r.err)
+    t.is(r.out, 'read 13\n')
+  }
 })

@@ -15,7 +15,9 @@
  * The JavaScript thread stays idle (it only awaits the benchmark), so every
  * handler call is answered as soon as it is queued. `EMUDEV_BENCH_SECS`,
  * `EMUDEV_BENCH_RUNS` and `EMUDEV_BENCH_PIN` pass through to the benchmark;
- * `EMUDEV_BENCH_STRICT=1` makes a ratio above 2 fail the run.
+ * `EMUDEV_BENCH_STRICT=1` makes a ratio above 2 fail the run;
+ * `EMUDEV_HANDLER_SPIN_US` sets how long the server thread polls for a
+ * handler's answer before sleeping (default 40; 0: no polling).
  */
 import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'

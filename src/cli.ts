@@ -10,9 +10,14 @@
  * `emudev serve` runs in the foreground: it logs to stderr when each device
  * listens and when clients come and go (polled every 500 ms), and on SIGINT
  * or SIGTERM closes every server, which removes its socket, and exits 0.
+ *
+ * `emudev serve --script <file> --sock <path>` serves a device written in
+ * TypeScript or JavaScript: the file's default export is a `PciDevice`, a
+ * `PciDeviceSpec`, or a function (or class) returning one. `.ts` files are
+ * loaded through tsx.
  */
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { existsSync, readFileSync } from 'node:fs'
+import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { parseVdevList, VdevError, DRIVERS, allowedKeys } from './config'
 import type { ServeHandle } from './server'
@@ -40,6 +45,8 @@ const GLOBAL_OPTIONS: Record<string, OptionSpec> = {
 const SERVE_OPTIONS: Record<string, OptionSpec> = {
   help: { type: 'boolean', short: 'h' },
   vdev: { type: 'string', multiple: true },
+  script: { type: 'string' },
+  sock: { type: 'string' },
 }
 
 const HELP = `Usage: emudev <command> [options]
@@ -57,12 +64,17 @@ Options:
 function serveHelp(): string {
   const drivers = DRIVERS.map((d) => `  ${d.padEnd(12)} keys: ${allowedKeys(d).join(', ')}`).join('\n')
   return `Usage: emudev serve --vdev <device> [--vdev <device> ...]
+       emudev serve --script <file> --sock <path>
 
 Serve each device on its own vfio-user UNIX socket.
 
 Options:
   --vdev <device>  a device string <driver><instance>[,key=value]...,
                    e.g. 'emu_edu0,sock=/tmp/edu.sock'; repeatable
+  --script <file>  a device written in TypeScript or JavaScript: the file's
+                   default export is a PciDevice, a PciDeviceSpec, or a
+                   function returning one (e.g. examples/edu.ts)
+  --sock <path>    the socket to serve a --script device on
   -h, --help       show this help
 
 Drivers:
@@ -174,6 +186,12 @@ async function serveCommand(args: string[], io: CliIo): Promise<number> {
   }
   if (positionals.length > 0) throw new UsageError(`emudev serve: unexpected argument '${positionals[0]}'`)
   const strings = (values.vdev ?? []) as string[]
+  if (typeof values.script === 'string') {
+    if (strings.length > 0) throw new UsageError('emudev serve: --script and --vdev cannot be combined')
+    if (typeof values.sock !== 'string') throw new UsageError("emudev serve: --script needs --sock (e.g. --sock /tmp/dev.sock)")
+    return serveScript(values.script, values.sock, io)
+  }
+  if (values.sock !== undefined) throw new UsageError('emudev serve: --sock goes with --script (use sock= in --vdev)')
   if (strings.length === 0) throw new UsageError("emudev serve: at least one --vdev is required (e.g. --vdev 'emu_edu0,sock=/tmp/edu.sock')")
   let vdevs
   try {
@@ -205,6 +223,105 @@ async function serveCommand(args: string[], io: CliIo): Promise<number> {
   logClientChanges(handle, seen, io)
   io.stderr(`emudev: ${signal}, stopping\n`)
   await handle.close()
+  io.stderr('emudev: stopped\n')
+  return EXIT_OK
+}
+
+/** A script could not be loaded or did not export a device; exit code 1. */
+class ScriptError extends Error {}
+
+/** What `serve --script` needs of a device (a `PciDevice`, possibly from another copy of this package). */
+interface ScriptDevice {
+  readonly name: string
+  listen(path: string): Promise<unknown>
+  close(): Promise<void>
+  on(event: 'connected' | 'disconnected', listener: () => void): unknown
+  stats(): { messages: number; errors: number }
+}
+
+function isScriptDevice(v: unknown): v is ScriptDevice {
+  const d = v as Partial<Record<keyof ScriptDevice, unknown>> | null
+  return (
+    typeof d === 'object' &&
+    d !== null &&
+    typeof d.listen === 'function' &&
+    typeof d.close === 'function' &&
+    typeof d.on === 'function' &&
+    typeof d.stats === 'function'
+  )
+}
+
+let typeScriptLoader: 'unset' | 'registered' = 'unset'
+
+/** Lets `require` load `.ts` files, through tsx's CommonJS loader. */
+function registerTypeScript(file: string): void {
+  if (typeScriptLoader === 'registered') return
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const api = require('tsx/cjs/api') as { register: () => unknown }
+    api.register()
+    typeScriptLoader = 'registered'
+  } catch {
+    throw new ScriptError(`${file}: loading TypeScript needs the tsx package (npm install --save-dev tsx), or pass compiled JavaScript`)
+  }
+}
+
+/** Loads `file` and turns its default export into a device. */
+async function loadScriptDevice(file: string): Promise<ScriptDevice> {
+  const path = resolve(file)
+  if (!existsSync(path)) throw new ScriptError(`${file}: no such file`)
+  if (/\.[cm]?ts$/.test(path)) registerTypeScript(file)
+  let mod: unknown
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    mod = require(path)
+  } catch (err) {
+    throw new ScriptError(`${file}: ${err instanceof Error ? err.message : String(err)}`)
+  }
+  let exported = (mod as { default?: unknown } | null)?.default ?? mod
+  if (typeof exported === 'function') {
+    const fn = exported as (new () => unknown) & (() => unknown)
+    exported = /^class\b/.test(Function.prototype.toString.call(fn)) ? new fn() : await fn()
+  }
+  if (isScriptDevice(exported)) return exported
+  const spec = exported as { ids?: unknown; bars?: unknown; handlers?: unknown } | null
+  if (typeof spec === 'object' && spec !== null && spec.ids !== undefined && spec.handlers !== undefined) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { PciDevice } = require('./device') as typeof import('./device')
+    return new PciDevice(spec as import('./device').PciDeviceSpec)
+  }
+  throw new ScriptError(`${file}: the default export must be a PciDevice, a PciDeviceSpec, or a function returning one`)
+}
+
+async function serveScript(file: string, sock: string, io: CliIo): Promise<number> {
+  const stop = stopSignal()
+  let device: ScriptDevice
+  try {
+    device = await loadScriptDevice(file)
+    await device.listen(sock)
+  } catch (err) {
+    stop.cancel()
+    const code = (err as { code?: unknown }).code
+    const message = err instanceof Error ? err.message : String(err)
+    io.stderr(`emudev serve: ${err instanceof ScriptError ? message : `${file}: ${message}${typeof code === 'string' ? ` (${code})` : ''}`}\n`)
+    return EXIT_FAILURE
+  }
+  const name = device.name
+  device.on('connected', () => io.stderr(`emudev: ${name}: client connected\n`))
+  device.on('disconnected', () => {
+    let counts = ''
+    try {
+      const s = device.stats()
+      counts = ` (${s.messages} messages, ${s.errors} errors so far)`
+    } catch {
+      // Closed meanwhile (the disconnect came from close()): no counters to show.
+    }
+    io.stderr(`emudev: ${name}: client disconnected${counts}\n`)
+  })
+  io.stderr(`emudev: ${name} (script ${file}) listening on ${sock}\n`)
+  const signal = await stop.received
+  io.stderr(`emudev: ${signal}, stopping\n`)
+  await device.close()
   io.stderr('emudev: stopped\n')
   return EXIT_OK
 }
@@ -241,6 +358,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
     if (err instanceof UsageError) {
       io.stderr(`${err.message}\n`)
       return EXIT_USAGE
+    }
+    if (err instanceof ScriptError) {
+      io.stderr(`emudev serve: ${err.message}\n`)
+      return EXIT_FAILURE
     }
     throw err
   }

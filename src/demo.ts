@@ -1,6 +1,10 @@
 /**
  * `npm run demo`: the `edu` device end to end, over a real vfio-user socket.
  *
+ * `npm run demo -- --script examples/edu.ts` does the same against the edu
+ * device written in TypeScript (`emudev serve --script`): the client steps
+ * are the same, and so must be the results.
+ *
  * Starts `emudev serve` as a child process, connects to it with the native
  * client and drives the device the way a guest driver would: identification,
  * liveness, factorial, a DMA round trip through the device's buffer, and an
@@ -11,7 +15,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
+import { parseArgs } from 'node:util'
 
 import { native } from './native'
 
@@ -149,23 +154,34 @@ async function drive(client: NativeClient): Promise<void> {
   print('msi', `raise 0x1 -> eventfd count ${count}, status ${hex(status)}, ack -> ${hex(after)}`)
 }
 
-async function main(): Promise<number> {
+/** The `emudev serve` arguments: the native edu, or a device script. */
+function serveArgs(argv: string[], sock: string): { args: string[]; what: string } {
+  const { values } = parseArgs({ args: argv, options: { script: { type: 'string' } }, strict: true })
+  if (values.script !== undefined) {
+    const script = resolve(values.script)
+    return { args: ['serve', '--script', script, '--sock', sock], what: `emudev serve --script ${values.script} --sock ${sock}` }
+  }
+  const vdev = `emu_edu0,sock=${sock}`
+  return { args: ['serve', '--vdev', vdev], what: `emudev serve --vdev ${vdev}` }
+}
+
+async function main(argv: string[]): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'emudev-demo-'))
   const sock = join(dir, 'edu.sock')
   const cli = join(__dirname, 'cli.js')
-  const vdev = `emu_edu0,sock=${sock}`
   let serverLog = ''
   let child: ChildProcess | undefined
   let client: NativeClient | undefined
   step = 'server'
   try {
+    const { args, what } = serveArgs(argv, sock)
     console.log(`emudev demo (native ${native.nativeVersion()})`)
-    child = spawn(process.execPath, [cli, 'serve', '--vdev', vdev], { stdio: ['ignore', 'ignore', 'pipe'] })
+    child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
       serverLog += chunk
     })
     await waitForServer(sock, child, () => serverLog)
-    print('server', `emudev serve --vdev ${vdev} (pid ${child.pid})`)
+    print('server', `${what} (pid ${child.pid})`)
 
     step = 'connect'
     client = native.NativeClient.connect(sock)
@@ -198,7 +214,7 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
+main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code
   },

@@ -8,15 +8,20 @@
  * - `NativeServer.listenEdu(path)` serves the QEMU `edu` device on a socket;
  *   `serve(parseVdevList([...]))` does it for a list of device strings.
  * - `NativeClient.connect(path)` is a vfio-user client: region access, DMA
- *   buffers (`allocDma`), interrupts (`enableIrqs`, `waitIrq`).
- * - Every native object has an async `close()`; call it when done (nothing
- *   native keeps the process alive, but sockets and memory are freed there).
+ *   buffers (`allocDma`), interrupts (`enableIrqs`, `waitIrq`); synchronous.
+ * - `PciDevice` defines a PCI device in TypeScript (ids, BARs, IRQs, handlers)
+ *   and serves it: `await device.listen(path)`.
+ * - `VfioUserClient.connect(path)` is the asynchronous client: it can drive a
+ *   device served by the same process, maps regions as Buffers and reports
+ *   interrupts as events.
+ * - Every native object has an async `close()`; call it when done. A
+ *   listening `PciDevice` keeps Node alive until then; nothing else does.
  */
 export { native, isNativeError, NATIVE_ERROR_CODES } from './native'
 export type { NativeBinding, NativeError, NativeErrorCode } from './native'
 export { serve, ServeError, DRIVER_UNAVAILABLE_CODE } from './server'
 export type { ServeHandle, ServedDevice } from './server'
-export { NativeServer, NativeClient, DmaBuffer, eduLayout } from '../index.js'
+export { NativeServer, NativeClient, NativeAsyncClient, NativePciDevice, DmaBuffer, eduLayout } from '../index.js'
 export type {
   ConnectOptions,
   DeviceInfo,
@@ -26,7 +31,39 @@ export type {
   ServerStats,
   EduStats,
   EduLayout,
+  MappedArea,
+  DmaMapping,
+  IrqVectorState,
+  PciState,
+  PciDeviceStats,
 } from '../index.js'
+export {
+  PciDevice,
+  IRQ_INTX,
+  IRQ_MSI,
+  IRQ_MSIX,
+  IRQ_ERR,
+  IRQ_REQ,
+  ROM_REGION,
+  CONFIG_REGION,
+} from './device'
+export type {
+  PciDeviceSpec,
+  PciIds,
+  BarSpec,
+  IrqSpec,
+  DeviceHandlers,
+  ReadValue,
+  PciDeviceEvents,
+  DmaMapEvent,
+  HandlerErrorEvent,
+  IrqOutcome,
+  MsiOutcome,
+  IntxOutcome,
+} from './device'
+export { VfioUserClient, ClientError } from './client'
+export type { IrqEvent, ClientEvents, AllocDmaOptions } from './client'
+export { TypedEmitter } from './emitter'
 export {
   parseVdev,
   parseVdevList,

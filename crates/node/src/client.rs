@@ -46,7 +46,7 @@ pub const MAX_TIMEOUT_MS: f64 = 3_600_000.0;
 
 /// The error for a failed client operation: `ERR_VFU_<errno>`, the client's
 /// own message.
-fn client_error(e: &ClientError) -> NativeError {
+pub(crate) fn client_error(e: &ClientError) -> NativeError {
     errno_error_with_message(e.errno().raw_os_error(), e.to_string())
 }
 
@@ -66,7 +66,7 @@ pub struct JsConnectOptions {
 }
 
 impl JsConnectOptions {
-    fn to_config(&self) -> napi::Result<ClientConfig, ErrorCode> {
+    pub(crate) fn to_config(&self) -> napi::Result<ClientConfig, ErrorCode> {
         let mut config = ClientConfig::default();
         if let Some(twin) = self.twin_socket {
             config.twin_socket = twin;
@@ -162,7 +162,7 @@ pub struct JsIrqInfo {
 
 /// A DMA buffer's memory, shared between the JS object and the client so
 /// that closing the client frees it.
-type DmaSlot = Arc<Mutex<Option<CoreDmaBuffer>>>;
+pub(crate) type DmaSlot = Arc<Mutex<Option<CoreDmaBuffer>>>;
 
 /// What a connected client holds; taken out (and closed) by `close()`.
 #[derive(Debug)]
@@ -512,6 +512,27 @@ pub struct DmaBuffer {
 }
 
 impl DmaBuffer {
+    /// A buffer over `buf`, registered in `slots` so that closing its client frees it;
+    /// `closed` is the client's flag.
+    pub(crate) fn register(
+        buf: CoreDmaBuffer,
+        slots: &mut Vec<DmaSlot>,
+        closed: Arc<AtomicBool>,
+    ) -> DmaBuffer {
+        let (iova, size, fd_shared) = (buf.iova(), buf.len(), buf.fd_shared());
+        // Buffers whose JS object is gone are no one else's to keep.
+        slots.retain(|slot| Arc::strong_count(slot) > 1);
+        let slot: DmaSlot = Arc::new(Mutex::new(Some(buf)));
+        slots.push(slot.clone());
+        DmaBuffer {
+            iova,
+            size,
+            fd_shared,
+            closed,
+            slot,
+        }
+    }
+
     /// Runs `f` on the live buffer, or fails with `ERR_EMUDEV_CLOSED`.
     fn with<T>(
         &self,

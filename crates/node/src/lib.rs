@@ -11,15 +11,24 @@
 //!
 //! - [`server::NativeServer`] serves an `edu` device on a vfio-user socket
 //!   from its own thread.
-//! - [`client::NativeClient`] is a vfio-user client, with
-//!   [`client::DmaBuffer`] for the memory it maps for the device.
+//! - [`device::NativePciDevice`] serves a PCI device whose BAR handlers are
+//!   JavaScript, through one dispatcher callback ([`dispatch`] has the
+//!   protocol between the server thread and the JS thread).
+//! - [`client::NativeClient`] is a synchronous vfio-user client, with
+//!   [`client::DmaBuffer`] for the memory it maps for the device;
+//!   [`async_client::NativeAsyncClient`] is the same on the libuv pool, with
+//!   zero-copy mapped regions ([`raw`], the crate's only `unsafe`) and
+//!   interrupts reported through a callback.
 //!
 //! Lifetime rules for JavaScript: every class has an explicit async
 //! `close()` that stops its threads and frees its resources off the JS thread;
-//! after it, methods throw `ERR_EMUDEV_CLOSED`. Nothing here holds a
-//! threadsafe function or a libuv handle, so an idle object never keeps Node
-//! alive; only a pending promise (`close()`, `waitIrq()`) does, for as long as
-//! its bounded work runs.
+//! after it, methods throw `ERR_EMUDEV_CLOSED`. The two threadsafe functions
+//! (a device's dispatcher, a client's interrupt callback) are weak and are
+//! released by `close()`; nothing here holds a libuv handle, so an idle object
+//! never keeps Node alive; only a pending promise (`close()`, `waitIrq()`, a
+//! request) does, for as long as its bounded work runs. (The TypeScript
+//! `PciDevice` keeps Node alive while it listens, on purpose, with a timer of
+//! its own.)
 //!
 //! Numbers: offsets, lengths and counts are JS `number`s, checked to be
 //! integers in range (at most 2^53 - 1 for offsets); 64-bit quantities that
@@ -33,8 +42,12 @@ use napi::bindgen_prelude::BigInt;
 use napi::{Env, JsError};
 use napi_derive::napi;
 
+pub mod async_client;
 pub mod client;
+pub mod device;
+pub mod dispatch;
 pub mod error;
+pub mod raw;
 pub mod server;
 
 use error::{invalid_arg, Errno, ErrorCode, NativeError};

@@ -101,7 +101,7 @@ struct Running {
 }
 
 /// The error for a failed bind, with the stable codes JavaScript branches on.
-fn bind_error(e: &ServerBindError) -> NativeError {
+pub(crate) fn bind_error(e: &ServerBindError) -> NativeError {
     match e {
         ServerBindError::InUse(_) => napi::Error::new(ErrorCode::SocketInUse, e.to_string()),
         ServerBindError::NotASocket(_) => napi::Error::new(ErrorCode::NotASocket, e.to_string()),
