@@ -152,6 +152,54 @@ export declare class NativeClient {
   close(): Promise<void>
 }
 
+/** The iavf client driver on one vfio-user connection (see the module documentation). */
+export declare class NativeIavfPort {
+  /**
+   * Connects to the vfio-user socket at `path` on a worker thread (nothing is sent to the
+   * VF until `start()`). `onEvent(event)` receives link changes, bring-up steps and other
+   * PF events; it never keeps Node alive by itself and is released by `close()`.
+   *
+   * Throws `ERR_EMUDEV_INVALID_ARG` for bad options; rejects with `ERR_VFU_ENOENT` /
+   * `ERR_VFU_ECONNREFUSED` when nobody serves `path`.
+   */
+  static connect(path: string, options?: IavfPortOptions | undefined | null, onEvent?: ((event: IavfPortEvent) => void) | undefined | null): Promise<NativeIavfPort>
+  /** The socket path. */
+  get path(): string
+  /** Whether `close()` was called. */
+  get closed(): boolean
+  /** The queue pairs `start()` configures. */
+  get queues(): number
+  /** The link as last reported, or `null` before the first link event. */
+  get link(): IavfLink | null
+  /** The port's MAC (`aa:bb:cc:dd:ee:ff`), or `null` before GET_VF_RESOURCES. */
+  get mac(): string | null
+  /**
+   * `'down'` (not started, reset or closed), `'ready'` (negotiated) or `'running'`
+   * (queues enabled).
+   */
+  get state(): 'down' | 'ready' | 'running'
+  /**
+   * Brings the VF up to link-up (reset, admin queue, VERSION, GET_VF_RESOURCES, queues,
+   * IRQ map, MAC, ENABLE_QUEUES, link event), reporting each step as a `'step'` event.
+   * Rejects with `ERR_EMUDEV_TIMEOUT`, `ERR_EMUDEV_IAVF_REFUSED` (with the op and status in
+   * the message), `ERR_EMUDEV_IAVF_PROTOCOL`, `ERR_VFU_<ERRNO>`, or `ERR_EMUDEV_CLOSED` when
+   * closed meanwhile.
+   */
+  start(): Promise<IavfStartResult>
+  /**
+   * VIRTCHNL_OP_RESET_VF, then the bring-up again with the same options. Rejects with
+   * `ERR_EMUDEV_NOT_READY` before `start()`.
+   */
+  reset(): Promise<IavfStartResult>
+  /** GET_STATS: the VSI's counters. Rejects with `ERR_EMUDEV_NOT_READY` before `start()`. */
+  stats(): Promise<IavfPortStats>
+  /**
+   * Shuts the VF down and disconnects (on a worker), releasing `onEvent`. Always resolves;
+   * idempotent: a second call resolves once the first one has finished.
+   */
+  close(): Promise<void>
+}
+
 /**
  * A PCI device whose BAR handlers are JavaScript (see `PciDevice` in the TypeScript API,
  * which wraps this class).
@@ -271,16 +319,46 @@ export declare class NativeServer {
    * directory, `ERR_VFU_EACCES`, `ERR_VFU_EINVAL` for a path too long).
    */
   static listenEdu(path: string): NativeServer
+  /**
+   * Serves a new emulated iavf VF (`emu_iavf`) on the UNIX socket at
+   * `path`, configured by `options` (the `--vdev` keys `queues`, `mac`,
+   * `mtu`, and the instance `name`).
+   *
+   * Throws `ERR_EMUDEV_INVALID_ARG` naming the key for a bad option
+   * (`queues=17: must be 1..=16`), and the same socket errors as
+   * `listenEdu`.
+   */
+  static listenIavf(path: string, options?: IavfServerOptions | undefined | null): NativeServer
   /** The socket path. */
   get path(): string
-  /** The device served: `"emu_edu"`. */
-  get device(): 'emu_edu'
+  /** The device served: `"emu_edu"` or `"emu_iavf"`. */
+  get device(): 'emu_edu' | 'emu_iavf'
   /** Whether `close()` was called. */
   get closed(): boolean
   /** The server's counters now. Throws `ERR_EMUDEV_CLOSED` after `close()`. */
   stats(): ServerStats
-  /** The edu device's counters now. Throws `ERR_EMUDEV_CLOSED` after `close()`. */
+  /**
+   * The edu device's counters now. Throws `ERR_EMUDEV_CLOSED` after
+   * `close()` and `ERR_EMUDEV_INVALID_ARG` on an iavf server.
+   */
   eduStats(): EduStats
+  /**
+   * The iavf device's counters now. Throws `ERR_EMUDEV_CLOSED` after
+   * `close()` and `ERR_EMUDEV_INVALID_ARG` on an edu server.
+   */
+  iavfStats(): IavfStats
+  /**
+   * The iavf VF's state now (link, enabled queues, negotiated version).
+   * Throws `ERR_EMUDEV_CLOSED` after `close()` and `ERR_EMUDEV_INVALID_ARG`
+   * on an edu server.
+   */
+  iavfState(): IavfState
+  /**
+   * Sets the iavf VF's link state; a driver with enabled queues gets a
+   * LINK_CHANGE event. Throws `ERR_EMUDEV_CLOSED` after `close()` and
+   * `ERR_EMUDEV_INVALID_ARG` on an edu server.
+   */
+  setLink(up: boolean): void
   /**
    * Stops the server: disconnects the client, joins the server thread (on
    * a worker thread) and removes the socket file. Idempotent: a second call
@@ -398,6 +476,183 @@ export interface EduStats {
  * positive integer or that the addon does not know.
  */
 export declare function errnoName(errno: number): string
+
+/** The link as the PF last reported it. */
+export interface IavfLink {
+  /** Link up. */
+  up: boolean
+  /** Speed in Mbps, when the PF reported a known one. */
+  speedMbps?: number
+}
+
+/**
+ * Something the port reports to `onEvent`, tagged by `type`:
+ *
+ * - `'link'`: `up`, `speedMbps`, `mac` (a LINK_CHANGE from the PF);
+ * - `'step'`: `run`, `step`, `micros`, `detail` (a bring-up step of start or reset `run`);
+ * - `'reset-impending'`, `'pf-close'`: the PF's RESET_IMPENDING / PF_DRIVER_CLOSE;
+ * - `'event'`: `code` (any other PF event);
+ * - `'error'`: `detail` (the watcher could not read the admin queue; it stops until the next
+ *   `start()` or `reset()`).
+ */
+export interface IavfPortEvent {
+  /** The event's kind. */
+  type: 'link' | 'step' | 'reset-impending' | 'pf-close' | 'event' | 'error'
+  /** `'link'`: link up. */
+  up?: boolean
+  /** `'link'`: speed in Mbps, if known. */
+  speedMbps?: number
+  /** `'link'`: the port's MAC. */
+  mac?: string
+  /** `'event'`: the PF event code. */
+  code?: number
+  /** `'step'`: which start/reset (1 for the first). */
+  run?: number
+  /** `'step'`: the step's name. */
+  step?: string
+  /** `'step'`: its duration in microseconds. */
+  micros?: number
+  /** `'step'`: its outcome; `'error'`: the message. */
+  detail?: string
+}
+
+/** Options of `NativeIavfPort.connect`: how `start()` brings the port up. */
+export interface IavfPortOptions {
+  /** Queue pairs to configure (default 1; the PF refuses more than it granted). */
+  queues?: number
+  /** Descriptors per TX and RX ring (default 512; the PF wants a multiple of 32 up to 4096). */
+  ringLen?: number
+  /** Bound for one admin-queue command, in milliseconds (default 2000). */
+  opTimeoutMs?: number
+  /** Bound for the link event after ENABLE_QUEUES, in milliseconds (default 2000). */
+  linkTimeoutMs?: number
+  /** `'per-queue'` (DPDK, the default) or `'all-at-once'` (Linux) ENABLE_QUEUES. */
+  enableMode?: 'per-queue' | 'all-at-once'
+  /** Start with a vfio-user DEVICE_RESET (default true). */
+  deviceReset?: boolean
+  /** Share the DMA memory's fd with the server (default true). */
+  shareFd?: boolean
+}
+
+/** The VSI's Ethernet counters (GET_STATS) and the driver's own. */
+export interface IavfPortStats {
+  /** Bytes received. */
+  rxBytes: number
+  /** Unicast packets received. */
+  rxUnicast: number
+  /** Multicast packets received. */
+  rxMulticast: number
+  /** Broadcast packets received. */
+  rxBroadcast: number
+  /** Received packets dropped. */
+  rxDiscards: number
+  /** Received packets of an unknown protocol. */
+  rxUnknownProtocol: number
+  /** Bytes sent. */
+  txBytes: number
+  /** Unicast packets sent. */
+  txUnicast: number
+  /** Multicast packets sent. */
+  txMulticast: number
+  /** Broadcast packets sent. */
+  txBroadcast: number
+  /** Packets to send that were dropped. */
+  txDiscards: number
+  /** Send errors. */
+  txErrors: number
+  /** Admin-queue messages that answered nothing the driver waited for. */
+  strayMessages: number
+}
+
+/**
+ * Options of `NativeServer.listenIavf`; absent fields take the device's
+ * defaults (instance name `emu_iavf0`, one queue pair, a MAC derived from
+ * the name, MTU 1500).
+ */
+export interface IavfServerOptions {
+  /** Instance name (`emu_iavf0`); also seeds the default MAC. */
+  name?: string
+  /** Queue pairs, 1 to 16. */
+  queues?: number
+  /** Default MAC address, `aa:bb:cc:dd:ee:ff` (unicast, not zero). */
+  mac?: string
+  /** MTU, 68 to 9702. */
+  mtu?: number
+}
+
+/** What `start()` and `reset()` resolve with. */
+export interface IavfStartResult {
+  /** Which start/reset this was (1 for the first); `'step'` events carry the same number. */
+  run: number
+  /** The link after bring-up. */
+  link: IavfLink
+  /** The port's MAC (`aa:bb:cc:dd:ee:ff`). */
+  mac: string
+  /** Every step, in order. */
+  steps: Array<IavfStep>
+}
+
+/** The emulated iavf VF's state (`NativeServer.iavfState()`). */
+export interface IavfState {
+  /** The link state reported to the VF (`setLink`). */
+  linkUp: boolean
+  /** Queue pairs configured. */
+  queuePairs: number
+  /** TX queues the VF has enabled. */
+  txEnabled: number
+  /** RX queues the VF has enabled. */
+  rxEnabled: number
+  /** The virtchnl version the VF negotiated (`"1.1"`); absent before VERSION. */
+  version?: string
+  /** Granted capability flags (0 before GET_VF_RESOURCES). */
+  caps: number
+  /** MAC filters (the default MAC included), `aa:bb:cc:dd:ee:ff`. */
+  macs: Array<string>
+}
+
+/** The emulated iavf VF's counters (`NativeServer.iavfStats()`). */
+export interface IavfStats {
+  /** BAR0 reads. */
+  mmioReads: number
+  /** BAR0 writes. */
+  mmioWrites: number
+  /** BAR0 accesses of a size or alignment other than one aligned dword. */
+  badAccesses: number
+  /** Admin transmit queue descriptors completed. */
+  aqCommands: number
+  /** Admin-queue faults (ring or buffer outside mapped memory, bad opcode, ...). */
+  aqErrors: number
+  /** virtchnl messages handled with status SUCCESS. */
+  vcOk: number
+  /** virtchnl messages refused with an error status. */
+  vcErrors: number
+  /** Of `vcErrors`, those refused as NOT_SUPPORTED. */
+  vcNotSupported: number
+  /** Messages written to the admin receive queue (replies and events). */
+  arqDelivered: number
+  /** Messages dropped because too many waited for ARQ buffers. */
+  arqDropped: number
+  /** VF resets (RESET_VF, DEVICE_RESET, client disconnect). */
+  vfResets: number
+  /** LINK_CHANGE events queued. */
+  linkEvents: number
+  /** Interrupts the device tried to signal. */
+  irqsRaised: number
+  /** Of those, the ones that reached no eventfd. */
+  irqsUndelivered: number
+  /** Updates the emudev object model refused (a device bug if non-zero). */
+  emuErrors: number
+}
+
+/** One bring-up step done. */
+export interface IavfStep {
+  /** The step (`"VIRTCHNL_OP_VERSION"`, `"admin queue"`, `"link"`, ...). */
+  step: string
+  /** How long it took, in microseconds. */
+  micros: number
+  /** What it found, one line. */
+  detail: string
+}
 
 /** What `irqInfo()` returns (`DEVICE_GET_IRQ_INFO`). */
 export interface IrqInfo {

@@ -838,6 +838,7 @@ module.exports = nativeBinding
 module.exports.DmaBuffer = nativeBinding.DmaBuffer
 module.exports.NativeAsyncClient = nativeBinding.NativeAsyncClient
 module.exports.NativeClient = nativeBinding.NativeClient
+module.exports.NativeIavfPort = nativeBinding.NativeIavfPort
 module.exports.NativePciDevice = nativeBinding.NativePciDevice
 module.exports.NativeServer = nativeBinding.NativeServer
 module.exports.eduLayout = nativeBinding.eduLayout

@@ -23,6 +23,7 @@ test('--help exits 0 and lists serve', (t) => {
   t.is(r.code, 0)
   t.regex(r.stdout, /^Usage: emudev <command>/)
   t.regex(r.stdout, /^\s+serve\s/m)
+  t.regex(r.stdout, /^\s+client\s/m)
   t.is(r.stderr, '')
 })
 
@@ -75,12 +76,16 @@ test('serve without --vdev, a missing value, a stray argument or no command exit
   for (const args of [['serve'], ['serve', '--vdev'], ['launch'], []]) t.is(run(...args).code, 2, args.join(' '))
 })
 
-test('serve of a driver that is not available yet exits 2 without touching sockets', (t) => {
+test('serve of a driver or option that is not available exits 2 without touching sockets', (t) => {
   const sock = tempSocket(t)
-  const r = run('serve', '--vdev', `emu_edu0,sock=${sock}`, '--vdev', `emu_iavf0,sock=${sock}.iavf`)
-  t.is(r.code, 2)
-  t.is(r.stderr, 'emudev serve: emu_iavf is not available yet\n')
+  const client = run('serve', '--vdev', `emu_edu0,sock=${sock}`, '--vdev', `iavf_client0,path=${sock}.iavf`)
+  t.is(client.code, 2)
+  t.is(client.stderr, "emudev serve: iavf_client0: iavf_client is a client driver (use 'emudev client')\n")
+  const backend = run('serve', '--vdev', `emu_edu0,sock=${sock}`, '--vdev', `emu_iavf0,sock=${sock}.iavf,backend=tap`)
+  t.is(backend.code, 2)
+  t.is(backend.stderr, 'emudev serve: emu_iavf0: backend= is for the iavf data path, which is not available yet\n')
   t.false(existsSync(sock))
+  t.false(existsSync(`${sock}.iavf`))
 })
 
 test('serve on a socket in use exits 1 with a one-line message', async (t) => {
@@ -113,7 +118,8 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     t.false(existsSync(sock), 'the socket is removed')
     const lines = stderr().trimEnd().split('\n')
     t.is(lines[0], `emudev: emu_edu0 (emu_edu) listening on ${sock}`)
-    t.is(lines.at(-2), `emudev: ${signal}, stopping`)
+    t.is(lines.at(-3), `emudev: ${signal}, stopping`)
+    t.is(lines.at(-2), 'emudev: emu_edu0: 1 client(s), 12 messages, 0 errors; 1 MMIO reads, 0 writes, 0 DMA transfers, 0 interrupts')
     t.is(lines.at(-1), 'emudev: stopped')
   })
 }

@@ -1,6 +1,6 @@
 import test from 'ava'
 
-import { parseVdev, parseVdevList, VdevError, VDEV_ERROR_CODE, MAX_SOCKET_PATH_BYTES } from '../src/config'
+import { parseVdev, parseVdevList, VdevError, VDEV_ERROR_CODE, MAX_SOCKET_PATH_BYTES, IAVF_MTU } from '../src/config'
 
 function rejects(t: import('ava').ExecutionContext, vdev: string, message: string | RegExp): void {
   const err = t.throws(() => parseVdev(vdev), { instanceOf: VdevError })
@@ -20,11 +20,11 @@ test('parses an edu device', (t) => {
 })
 
 test('parses an iavf device with every key, converting numbers and lower-casing the MAC', (t) => {
-  t.deepEqual(parseVdev('emu_iavf12,sock=/run/vf.sock,queues=16,mac=02:AB:cd:00:00:01,mtu=9706,backend=loopback'), {
+  t.deepEqual(parseVdev('emu_iavf12,sock=/run/vf.sock,queues=16,mac=02:AB:cd:00:00:01,mtu=9702,backend=loopback'), {
     name: 'emu_iavf12',
     driver: 'emu_iavf',
     instance: 12,
-    args: { sock: '/run/vf.sock', queues: 16, mac: '02:ab:cd:00:00:01', mtu: 9706, backend: 'loopback' },
+    args: { sock: '/run/vf.sock', queues: 16, mac: '02:ab:cd:00:00:01', mtu: 9702, backend: 'loopback' },
   })
 })
 
@@ -35,6 +35,21 @@ test('parses an iavf client and keeps "=" inside values', (t) => {
     instance: 3,
     args: { path: '/tmp/a=b.sock' },
   })
+})
+
+test('an iavf client may leave out its instance number, as in the seed', (t) => {
+  t.deepEqual(parseVdev('iavf_client,path=/tmp/sock1,queues=16'), {
+    name: 'iavf_client',
+    driver: 'iavf_client',
+    instance: 0,
+    args: { path: '/tmp/sock1', queues: 16 },
+  })
+  rejects(t, 'iavf_client,path=/s,queues=17', "bad value '17' for 'queues' of iavf_client (expected an integer 1-16)")
+  rejects(t, 'iavf_client,path=/s,mac=02:00:00:00:00:01', "unknown key 'mac' for iavf_client (allowed: path, queues)")
+})
+
+test('the iavf MTU range is the device\'s (68-9702)', (t) => {
+  t.deepEqual(IAVF_MTU, { min: 68, max: 9702 })
 })
 
 test('queues accepts both ends of 1-16', (t) => {
@@ -65,8 +80,8 @@ test('rejects queues out of range or not a plain integer', (t) => {
 })
 
 test('rejects mtu out of range', (t) => {
-  rejects(t, 'emu_iavf0,sock=/s,mtu=67', "bad value '67' for 'mtu' of emu_iavf0 (expected an integer 68-9706)")
-  rejects(t, 'emu_iavf0,sock=/s,mtu=9707', /^bad value '9707' for 'mtu'/)
+  rejects(t, 'emu_iavf0,sock=/s,mtu=67', "bad value '67' for 'mtu' of emu_iavf0 (expected an integer 68-9702)")
+  rejects(t, 'emu_iavf0,sock=/s,mtu=9703', /^bad value '9703' for 'mtu'/)
 })
 
 test('rejects malformed, multicast and all-zero MACs', (t) => {

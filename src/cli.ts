@@ -15,12 +15,21 @@
  * TypeScript or JavaScript: the file's default export is a `PciDevice`, a
  * `PciDeviceSpec`, or a function (or class) returning one. `.ts` files are
  * loaded through tsx.
+ *
+ * `emudev serve --vdev 'emu_iavf0,sock=<path>,queues=N[,mac=..][,mtu=..]'`
+ * serves an emulated iavf VF; besides clients coming and going it logs the
+ * link events sent to the driver, and on stop one line of counters per device.
+ *
+ * `emudev client --vdev 'iavf_client,path=<path>[,queues=N]' [--json]` brings
+ * an iavf VF up with the native client driver, prints one aligned line per
+ * bring-up step with its duration, the link state and the VSI counters, shuts
+ * the VF down and exits 0 (1 if the bring-up failed, with one line on stderr).
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { parseVdevList, VdevError, DRIVERS, allowedKeys } from './config'
-import type { ServeHandle } from './server'
+import type { ServeHandle, ServedDevice } from './server'
 
 /** Where the CLI writes; `main` takes it so tests can capture output. */
 export interface CliIo {
@@ -49,12 +58,22 @@ const SERVE_OPTIONS: Record<string, OptionSpec> = {
   sock: { type: 'string' },
 }
 
+const CLIENT_OPTIONS: Record<string, OptionSpec> = {
+  help: { type: 'boolean', short: 'h' },
+  vdev: { type: 'string', multiple: true },
+  json: { type: 'boolean' },
+}
+
+/** Options of the data-path issue, refused until it lands. */
+const FUTURE_CLIENT_OPTIONS = ['--fwd', '--duration']
+
 const HELP = `Usage: emudev <command> [options]
 
 Userspace PCI device emulation over vfio-user.
 
 Commands:
   serve     serve emulated devices on vfio-user sockets
+  client    bring up a device with a client driver (iavf_client)
 
 Options:
   -h, --help       show this help (or a command's help: emudev serve --help)
@@ -79,6 +98,21 @@ Options:
 
 Drivers:
 ${drivers}
+`
+}
+
+function clientHelp(): string {
+  return `Usage: emudev client --vdev 'iavf_client,path=<socket>[,queues=N]' [--json]
+
+Bring up the iavf VF served on <socket> with the iavf client driver: print each
+bring-up step with its duration, the link state and the VSI counters, then shut
+the VF down and exit (0 on link-up, 1 if the bring-up failed).
+
+Options:
+  --vdev <device>  the client device string: iavf_client[N],path=<socket>[,queues=N]
+                   (queues: queue pairs to bring up, 1-16, default 1)
+  --json           print one JSON object instead of text
+  -h, --help       show this help
 `
 }
 
@@ -127,6 +161,8 @@ const STATS_POLL_MS = 500
 interface SeenStats {
   clients: number
   connected: boolean
+  /** iavf: LINK_CHANGE events sent so far. */
+  linkEvents: number
 }
 
 /** Logs client arrivals and departures of `devices` since `seen`, updating it. */
@@ -142,11 +178,32 @@ function logClientChanges(handle: ServeHandle, seen: SeenStats[], io: CliIo): vo
     }
     const arrived = now.clients > before.clients
     if (arrived) io.stderr(`emudev: ${dev.name}: client connected\n`)
+    // Link events before a departure: a client that came and went within one poll saw them first.
+    let linkEvents = before.linkEvents
+    if (dev.driver === 'emu_iavf') {
+      try {
+        linkEvents = dev.server.iavfStats().linkEvents
+        if (linkEvents > before.linkEvents) {
+          const up = dev.server.iavfState().linkUp
+          const n = linkEvents - before.linkEvents
+          io.stderr(`emudev: ${dev.name}: link ${up ? 'up' : 'down'} reported to the driver${n > 1 ? ` (${n} link events)` : ''}\n`)
+        }
+      } catch {
+        // closed meanwhile
+      }
+    }
     if (!now.connected && (before.connected || arrived)) {
       io.stderr(`emudev: ${dev.name}: client disconnected (${now.messages} messages, ${now.errors} errors so far)\n`)
     }
-    seen[i] = { clients: now.clients, connected: now.connected }
+    seen[i] = { clients: now.clients, connected: now.connected, linkEvents }
   }
+}
+
+/** How `serve` names a device when it starts listening. */
+function describe(dev: ServedDevice): string {
+  if (dev.iavf === undefined) return dev.server.device
+  const { queues, mac, mtu } = dev.iavf
+  return `${dev.server.device}, ${queues} queue pair${queues === 1 ? '' : 's'}, mac ${mac}, mtu ${mtu}`
 }
 
 /** Waits for the first SIGINT or SIGTERM from the moment it is created. */
@@ -202,7 +259,7 @@ async function serveCommand(args: string[], io: CliIo): Promise<number> {
   }
   // Loaded here: --help and usage errors work even without a built addon.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { serve, ServeError, DRIVER_UNAVAILABLE_CODE } = require('./server') as typeof import('./server')
+  const { serve, statsSummary, ServeError, DRIVER_UNAVAILABLE_CODE } = require('./server') as typeof import('./server')
   const stop = stopSignal()
   let handle: ServeHandle
   try {
@@ -215,16 +272,101 @@ async function serveCommand(args: string[], io: CliIo): Promise<number> {
     }
     throw err
   }
-  for (const dev of handle.devices) io.stderr(`emudev: ${dev.name} (${dev.server.device}) listening on ${dev.path}\n`)
-  const seen: SeenStats[] = handle.devices.map(() => ({ clients: 0, connected: false }))
+  for (const dev of handle.devices) io.stderr(`emudev: ${dev.name} (${describe(dev)}) listening on ${dev.path}\n`)
+  const seen: SeenStats[] = handle.devices.map(() => ({ clients: 0, connected: false, linkEvents: 0 }))
   const timer = setInterval(() => logClientChanges(handle, seen, io), STATS_POLL_MS)
   const signal = await stop.received
   clearInterval(timer)
   logClientChanges(handle, seen, io)
   io.stderr(`emudev: ${signal}, stopping\n`)
+  for (const dev of handle.devices) {
+    try {
+      io.stderr(`emudev: ${dev.name}: ${statsSummary(dev)}\n`)
+    } catch {
+      // No counters to show.
+    }
+  }
   await handle.close()
   io.stderr('emudev: stopped\n')
   return EXIT_OK
+}
+
+/** Milliseconds with three decimals, from microseconds. */
+function ms(micros: number): string {
+  return (micros / 1000).toFixed(3)
+}
+
+/** The widest step name (`VIRTCHNL_OP_CONFIG_VSI_QUEUES`), so step lines align. */
+const STEP_WIDTH = 30
+
+async function clientCommand(args: string[], io: CliIo): Promise<number> {
+  for (const arg of args) {
+    const flag = FUTURE_CLIENT_OPTIONS.find((f) => arg === f || arg.startsWith(`${f}=`))
+    if (flag !== undefined) {
+      throw new UsageError(`emudev client: ${flag} is not available yet (it comes with the iavf data path)`)
+    }
+  }
+  const { values, positionals } = parseOptions(args, CLIENT_OPTIONS, 'emudev client')
+  if (values.help === true) {
+    io.stdout(clientHelp())
+    return EXIT_OK
+  }
+  if (positionals.length > 0) throw new UsageError(`emudev client: unexpected argument '${positionals[0]}'`)
+  const strings = (values.vdev ?? []) as string[]
+  if (strings.length !== 1) {
+    throw new UsageError("emudev client: exactly one --vdev is required (e.g. --vdev 'iavf_client,path=/tmp/sock1')")
+  }
+  let vdevs
+  try {
+    vdevs = parseVdevList(strings)
+  } catch (err) {
+    if (err instanceof VdevError) throw new UsageError(`emudev client: --vdev '${err.vdev}': ${err.message}`)
+    throw err
+  }
+  const dev = vdevs[0]
+  if (dev === undefined || dev.driver !== 'iavf_client') {
+    throw new UsageError(`emudev client: --vdev must be an iavf_client device (got '${strings[0]}')`)
+  }
+  const json = values.json === true
+  // Loaded here: --help and usage errors work even without a built addon.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { IavfPort } = require('./iavf') as typeof import('./iavf')
+  const queues = dev.args.queues ?? 1
+  const port = new IavfPort(dev.args.path, { queues })
+  if (!json) {
+    io.stdout(`${dev.name}: bringing up the iavf VF on ${dev.args.path} (${queues} queue pair${queues === 1 ? '' : 's'})\n`)
+    let n = 0
+    port.on('step', (s) => {
+      n += 1
+      io.stdout(`  ${String(n).padStart(2)}  ${s.step.padEnd(STEP_WIDTH)} ${ms(s.micros).padStart(9)} ms  ${s.detail}\n`)
+    })
+  }
+  try {
+    const up = await port.start()
+    const stats = await port.stats()
+    const total = up.steps.reduce((sum, s) => sum + s.micros, 0)
+    const link = up.link.up ? `link up${up.link.speedMbps === null ? '' : `, ${up.link.speedMbps} Mbps`}` : 'link down'
+    if (json) {
+      io.stdout(
+        `${JSON.stringify({ device: dev.name, path: dev.args.path, queues, link: up.link, mac: up.mac, totalMicros: total, steps: up.steps, stats })}\n`,
+      )
+    } else {
+      io.stdout(`${dev.name}: ${link}, mac ${up.mac}, bring-up ${ms(total)} ms\n`)
+      io.stdout(
+        `${dev.name}: stats: rx ${stats.rxBytes} bytes, ${stats.rxUnicast} unicast, ${stats.rxMulticast} multicast, ` +
+          `${stats.rxBroadcast} broadcast, ${stats.rxDiscards} discards; tx ${stats.txBytes} bytes, ${stats.txUnicast} unicast, ` +
+          `${stats.txMulticast} multicast, ${stats.txBroadcast} broadcast, ${stats.txDiscards} discards, ${stats.txErrors} errors\n`,
+      )
+    }
+    return EXIT_OK
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    const message = err instanceof Error ? err.message : String(err)
+    io.stderr(`emudev client: ${dev.name}: ${message}${typeof code === 'string' ? ` (${code})` : ''}\n`)
+    return EXIT_FAILURE
+  } finally {
+    await port.close()
+  }
 }
 
 /** A script could not be loaded or did not export a device; exit code 1. */
@@ -351,6 +493,8 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
     switch (first) {
       case 'serve':
         return await serveCommand(rest, io)
+      case 'client':
+        return await clientCommand(rest, io)
       default:
         throw new UsageError(`emudev: unknown command '${first}' (try 'emudev --help')`)
     }

@@ -10,8 +10,10 @@
  * Drivers:
  * - `emu_edu`: the QEMU educational device served over vfio-user. `sock` (required).
  * - `emu_iavf`: an emulated Intel AVF (iavf) virtual function served over vfio-user.
- *   `sock` (required), `queues` (1-16 queue pairs), `mac`, `mtu` (68-9706), `backend`.
- * - `iavf_client`: the client-side iavf driver attached to a vfio-user socket. `path` (required).
+ *   `sock` (required), `queues` (1-16 queue pairs), `mac`, `mtu` (68-9702), `backend`.
+ * - `iavf_client`: the client-side iavf driver attached to a vfio-user socket. `path`
+ *   (required), `queues` (1-16 queue pairs to bring up, default 1). As in the seed's
+ *   `--vdev 'iavf_client,path=/tmp/sock1'`, its instance number may be left out (it is then 0).
  */
 
 /** The error code of every {@link VdevError}. */
@@ -52,7 +54,7 @@ export interface IavfClientVdev {
   name: string
   driver: 'iavf_client'
   instance: number
-  args: { path: string }
+  args: { path: string; queues?: number }
 }
 
 /** A parsed and validated device string. */
@@ -74,11 +76,11 @@ export const MAX_SOCKET_PATH_BYTES = 107
 export const IAVF_QUEUES = { min: 1, max: 16 } as const
 
 /**
- * MTU range of an iavf VF: at least the IPv4 minimum (68); at most the
- * largest receive buffer (9728) less the Ethernet header (14), one VLAN tag
- * (4) and the FCS (4).
+ * MTU range of an iavf VF, as the device (`IavfConfig`) accepts it: at least
+ * the IPv4 minimum (68); at most the largest frame (9728) less the Ethernet
+ * header (14), two VLAN tags (8) and the FCS (4).
  */
-export const IAVF_MTU = { min: 68, max: 9706 } as const
+export const IAVF_MTU = { min: 68, max: 9702 } as const
 
 type Validator = (value: string, key: string, device: string) => string | number
 
@@ -100,8 +102,12 @@ const KEYS: { readonly [D in DriverName]: Readonly<Record<string, KeySpec>> } = 
   },
   iavf_client: {
     path: { required: true, validate: socketPath },
+    queues: { required: false, validate: integerIn(IAVF_QUEUES.min, IAVF_QUEUES.max) },
   },
 }
+
+/** Drivers whose device name may leave out the instance number (`iavf_client,path=...`). */
+const INSTANCE_OPTIONAL: ReadonlySet<DriverName> = new Set<DriverName>(['iavf_client'])
 
 /** The known drivers, in the order used by messages. */
 export const DRIVERS: readonly DriverName[] = Object.keys(KEYS) as DriverName[]
@@ -193,7 +199,10 @@ function parseName(name: string, fail: (message: string) => never): { driver: Dr
   const driver = m[1] ?? ''
   const digits = m[2] ?? ''
   if (!isDriver(driver)) return fail(`unknown driver '${driver}' in '${name}' (known: ${DRIVERS.join(', ')})`)
-  if (digits.length === 0) fail(`device name '${name}' lacks an instance number (e.g. ${driver}0)`)
+  if (digits.length === 0) {
+    if (INSTANCE_OPTIONAL.has(driver)) return { driver, instance: 0 }
+    fail(`device name '${name}' lacks an instance number (e.g. ${driver}0)`)
+  }
   if (digits.length > 1 && digits.startsWith('0')) fail(`instance number of '${name}' has a leading zero`)
   return { driver, instance: Number(digits) }
 }

@@ -5,8 +5,12 @@
  * point re-exports the typed native binding and the TypeScript layers on top
  * of it: device strings, serving devices, and the vfio-user client.
  *
- * - `NativeServer.listenEdu(path)` serves the QEMU `edu` device on a socket;
- *   `serve(parseVdevList([...]))` does it for a list of device strings.
+ * - `NativeServer.listenEdu(path)` serves the QEMU `edu` device on a socket,
+ *   `NativeServer.listenIavf(path, { queues, mac, mtu })` an emulated Intel
+ *   AVF (iavf) virtual function; `serve(parseVdevList([...]))` does it for a
+ *   list of device strings.
+ * - `IavfPort` is the iavf client driver: `await port.start()` brings a VF
+ *   to link-up; `port.link`, `port.mac`, `port.stats()`, `'link'` events.
  * - `NativeClient.connect(path)` is a vfio-user client: region access, DMA
  *   buffers (`allocDma`), interrupts (`enableIrqs`, `waitIrq`); synchronous.
  * - `PciDevice` defines a PCI device in TypeScript (ids, BARs, IRQs, handlers)
@@ -19,10 +23,22 @@
  */
 export { native, isNativeError, NATIVE_ERROR_CODES } from './native'
 export type { NativeBinding, NativeError, NativeErrorCode } from './native'
-export { serve, ServeError, DRIVER_UNAVAILABLE_CODE } from './server'
+export { serve, statsSummary, ServeError, DRIVER_UNAVAILABLE_CODE } from './server'
 export type { ServeHandle, ServedDevice } from './server'
-export { NativeServer, NativeClient, NativeAsyncClient, NativePciDevice, DmaBuffer, eduLayout } from '../index.js'
+export {
+  NativeServer,
+  NativeClient,
+  NativeAsyncClient,
+  NativePciDevice,
+  NativeIavfPort,
+  DmaBuffer,
+  eduLayout,
+} from '../index.js'
 export type {
+  IavfServerOptions,
+  IavfStats,
+  IavfState,
+  IavfPortStats,
   ConnectOptions,
   DeviceInfo,
   RegionDesc,
@@ -61,6 +77,16 @@ export type {
   MsiOutcome,
   IntxOutcome,
 } from './device'
+export { IavfPort, IavfPortError, PORT_CLOSED_CODE } from './iavf'
+export type {
+  IavfPortOptions,
+  IavfLink,
+  IavfLinkEvent,
+  IavfStep,
+  IavfStepEvent,
+  IavfPortStart,
+  IavfPortEvents,
+} from './iavf'
 export { VfioUserClient, ClientError } from './client'
 export type { IrqEvent, ClientEvents, AllocDmaOptions } from './client'
 export { TypedEmitter } from './emitter'

@@ -13,8 +13,12 @@
  * `ERR_VFU_UNKNOWN` for an errno the addon cannot name,
  * `ERR_EMUDEV_INVALID_ARG` for an argument the addon rejected,
  * `ERR_EMUDEV_SOCKET_IN_USE` / `ERR_EMUDEV_NOT_A_SOCKET` when a server cannot
- * take its socket path, `ERR_EMUDEV_CLOSED` for a call after `close()`, and
- * `ERR_EMUDEV_TIMEOUT` when `waitIrq` ran out of time.
+ * take its socket path, `ERR_EMUDEV_CLOSED` for a call after `close()`,
+ * `ERR_EMUDEV_TIMEOUT` when `waitIrq` (or an iavf command or link event) ran
+ * out of time, `ERR_EMUDEV_NOT_READY` for an operation the object is not
+ * ready for (iavf `stats()` before `start()`), `ERR_EMUDEV_IAVF_REFUSED` when
+ * the iavf PF answered an op with an error status, and
+ * `ERR_EMUDEV_IAVF_PROTOCOL` when it answered something unusable.
  */
 import binding = require('../index.js')
 
@@ -32,6 +36,9 @@ export type NativeErrorCode =
   | 'ERR_EMUDEV_NOT_A_SOCKET'
   | 'ERR_EMUDEV_CLOSED'
   | 'ERR_EMUDEV_TIMEOUT'
+  | 'ERR_EMUDEV_NOT_READY'
+  | 'ERR_EMUDEV_IAVF_REFUSED'
+  | 'ERR_EMUDEV_IAVF_PROTOCOL'
   | `ERR_VFU_E${string}`
 
 /** The fixed (non-errno) codes of {@link NativeErrorCode}. */
@@ -42,6 +49,9 @@ export const NATIVE_ERROR_CODES: readonly NativeErrorCode[] = [
   'ERR_EMUDEV_NOT_A_SOCKET',
   'ERR_EMUDEV_CLOSED',
   'ERR_EMUDEV_TIMEOUT',
+  'ERR_EMUDEV_NOT_READY',
+  'ERR_EMUDEV_IAVF_REFUSED',
+  'ERR_EMUDEV_IAVF_PROTOCOL',
 ]
 
 /** An error thrown by the native addon. */

@@ -11,7 +11,10 @@
 //! | `ERR_EMUDEV_SOCKET_IN_USE` | a live server already listens on the socket path         |
 //! | `ERR_EMUDEV_NOT_A_SOCKET` | something that is not a socket is at the socket path      |
 //! | `ERR_EMUDEV_CLOSED`      | the object was closed (`close()` was called)               |
-//! | `ERR_EMUDEV_TIMEOUT`     | a wait (`waitIrq`) ran out of time                         |
+//! | `ERR_EMUDEV_TIMEOUT`     | a wait (`waitIrq`, an iavf command or link event) ran out of time |
+//! | `ERR_EMUDEV_NOT_READY`   | an operation needs a state the object is not in (iavf `stats()` before `start()`) |
+//! | `ERR_EMUDEV_IAVF_REFUSED` | the iavf PF answered a virtchnl op with an error status, or did not grant its capability |
+//! | `ERR_EMUDEV_IAVF_PROTOCOL` | the iavf PF answered something unusable               |
 //!
 //! OS errors (a failed `bind`, `connect`, thread spawn) use the `ERR_VFU_<NAME>`
 //! codes too: the errno is the same vocabulary whether it came from the kernel
@@ -55,6 +58,12 @@ pub enum ErrorCode {
     Closed,
     /// A wait ran out of time.
     Timeout,
+    /// The operation needs a state the object is not in.
+    NotReady,
+    /// The iavf PF refused a virtchnl op (error status, capability not granted).
+    IavfRefused,
+    /// The iavf PF answered something unusable.
+    IavfProtocol,
 }
 
 impl ErrorCode {
@@ -68,6 +77,9 @@ impl ErrorCode {
             Self::NotASocket => "ERR_EMUDEV_NOT_A_SOCKET",
             Self::Closed => "ERR_EMUDEV_CLOSED",
             Self::Timeout => "ERR_EMUDEV_TIMEOUT",
+            Self::NotReady => "ERR_EMUDEV_NOT_READY",
+            Self::IavfRefused => "ERR_EMUDEV_IAVF_REFUSED",
+            Self::IavfProtocol => "ERR_EMUDEV_IAVF_PROTOCOL",
         }
     }
 }
@@ -383,6 +395,9 @@ mod tests {
         assert_eq!(ErrorCode::NotASocket.as_str(), "ERR_EMUDEV_NOT_A_SOCKET");
         assert_eq!(ErrorCode::Closed.as_str(), "ERR_EMUDEV_CLOSED");
         assert_eq!(ErrorCode::Timeout.as_str(), "ERR_EMUDEV_TIMEOUT");
+        assert_eq!(ErrorCode::NotReady.as_str(), "ERR_EMUDEV_NOT_READY");
+        assert_eq!(ErrorCode::IavfRefused.as_str(), "ERR_EMUDEV_IAVF_REFUSED");
+        assert_eq!(ErrorCode::IavfProtocol.as_str(), "ERR_EMUDEV_IAVF_PROTOCOL");
         let err = closed("NativeClient");
         assert_eq!(err.status, ErrorCode::Closed);
         assert_eq!(err.reason, "NativeClient is closed");

@@ -19,11 +19,16 @@
 //!   [`async_client::NativeAsyncClient`] is the same on the libuv pool, with
 //!   zero-copy mapped regions ([`raw`], the crate's only `unsafe`) and
 //!   interrupts reported through a callback.
+//! - [`server::NativeServer`] also serves an emulated iavf VF
+//!   (`NativeServer.listenIavf`), and [`iavf_port::NativeIavfPort`] is the
+//!   iavf client driver: bring-up, link events, stats and reset, all off the
+//!   JS thread.
 //!
 //! Lifetime rules for JavaScript: every class has an explicit async
 //! `close()` that stops its threads and frees its resources off the JS thread;
-//! after it, methods throw `ERR_EMUDEV_CLOSED`. The two threadsafe functions
-//! (a device's dispatcher, a client's interrupt callback) are weak and are
+//! after it, methods throw `ERR_EMUDEV_CLOSED`. The threadsafe functions
+//! (a device's dispatcher, a client's interrupt callback, an iavf port's event
+//! callback) are weak and are
 //! released by `close()`; nothing here holds a libuv handle, so an idle object
 //! never keeps Node alive; only a pending promise (`close()`, `waitIrq()`, a
 //! request) does, for as long as its bounded work runs. (The TypeScript
@@ -47,6 +52,7 @@ pub mod client;
 pub mod device;
 pub mod dispatch;
 pub mod error;
+pub mod iavf_port;
 pub mod raw;
 pub mod server;
 

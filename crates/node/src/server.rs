@@ -1,7 +1,8 @@
-//! `NativeServer`: an `edu` device served over vfio-user from its own thread.
+//! `NativeServer`: a native device (`edu` or `emu_iavf`) served over
+//! vfio-user from its own thread.
 //!
-//! `NativeServer.listenEdu(path)` binds the socket and starts the server
-//! thread before it returns, so a client can connect as soon as it has the
+//! `NativeServer.listenEdu(path)` and `NativeServer.listenIavf(path, options)`
+//! bind the socket and start the server thread before they return, so a client can connect as soon as it has the
 //! object. `close()` stops the thread and joins it on a libuv worker (an
 //! [`AsyncTask`]), never on the JS thread; when it resolves the socket file is
 //! gone and every client mapping has been dropped. The server thread is a
@@ -17,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use emudev_edu::{EduDevice, EduStatsHandle};
+use emudev_iavf::device::MTU_RANGE;
+use emudev_iavf::spec::regs::MAX_QUEUE_PAIRS;
+use emudev_iavf::{IavfConfig, IavfConfigError, IavfDevice, IavfHandle};
 use emudev_vfio_user::server::{
     RunningServer, Server, ServerBindError, ServerConfig, ServerHandle, ServerStatsSnapshot,
 };
@@ -24,11 +28,15 @@ use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Task};
 use napi_derive::napi;
 
-use crate::error::{closed, io_error, ErrorCode, NativeError};
+use crate::error::{
+    closed, errno_error_with_message, invalid_arg, io_error, ErrorCode, NativeError,
+};
 use crate::{lock, rejection};
 
 /// The device name `NativeServer.device` reports for an edu server.
 pub const EDU_DEVICE_NAME: &str = "emu_edu";
+/// The device name `NativeServer.device` reports for an iavf server.
+pub const IAVF_DEVICE_NAME: &str = "emu_iavf";
 
 /// A server's counters (`NativeServer.stats()`); counts are exact up to 2^53.
 #[napi(object, object_from_js = false, js_name = "ServerStats")]
@@ -92,12 +100,200 @@ impl From<emudev_edu::EduStats> for JsEduStats {
     }
 }
 
+/// The emulated iavf VF's counters (`NativeServer.iavfStats()`).
+#[napi(object, object_from_js = false, js_name = "IavfStats")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsIavfStats {
+    /// BAR0 reads.
+    pub mmio_reads: f64,
+    /// BAR0 writes.
+    pub mmio_writes: f64,
+    /// BAR0 accesses of a size or alignment other than one aligned dword.
+    pub bad_accesses: f64,
+    /// Admin transmit queue descriptors completed.
+    pub aq_commands: f64,
+    /// Admin-queue faults (ring or buffer outside mapped memory, bad opcode, ...).
+    pub aq_errors: f64,
+    /// virtchnl messages handled with status SUCCESS.
+    pub vc_ok: f64,
+    /// virtchnl messages refused with an error status.
+    pub vc_errors: f64,
+    /// Of `vcErrors`, those refused as NOT_SUPPORTED.
+    pub vc_not_supported: f64,
+    /// Messages written to the admin receive queue (replies and events).
+    pub arq_delivered: f64,
+    /// Messages dropped because too many waited for ARQ buffers.
+    pub arq_dropped: f64,
+    /// VF resets (RESET_VF, DEVICE_RESET, client disconnect).
+    pub vf_resets: f64,
+    /// LINK_CHANGE events queued.
+    pub link_events: f64,
+    /// Interrupts the device tried to signal.
+    pub irqs_raised: f64,
+    /// Of those, the ones that reached no eventfd.
+    pub irqs_undelivered: f64,
+    /// Updates the emudev object model refused (a device bug if non-zero).
+    pub emu_errors: f64,
+}
+
+impl From<emudev_iavf::IavfStats> for JsIavfStats {
+    fn from(s: emudev_iavf::IavfStats) -> Self {
+        JsIavfStats {
+            mmio_reads: s.mmio_reads as f64,
+            mmio_writes: s.mmio_writes as f64,
+            bad_accesses: s.bad_accesses as f64,
+            aq_commands: s.aq_commands as f64,
+            aq_errors: s.aq_errors as f64,
+            vc_ok: s.vc_ok as f64,
+            vc_errors: s.vc_errors as f64,
+            vc_not_supported: s.vc_not_supported as f64,
+            arq_delivered: s.arq_delivered as f64,
+            arq_dropped: s.arq_dropped as f64,
+            vf_resets: s.vf_resets as f64,
+            link_events: s.link_events as f64,
+            irqs_raised: s.irqs_raised as f64,
+            irqs_undelivered: s.irqs_undelivered as f64,
+            emu_errors: s.emu_errors as f64,
+        }
+    }
+}
+
+/// The emulated iavf VF's state (`NativeServer.iavfState()`).
+#[napi(object, object_from_js = false, js_name = "IavfState")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsIavfState {
+    /// The link state reported to the VF (`setLink`).
+    pub link_up: bool,
+    /// Queue pairs configured.
+    pub queue_pairs: u32,
+    /// TX queues the VF has enabled.
+    pub tx_enabled: u32,
+    /// RX queues the VF has enabled.
+    pub rx_enabled: u32,
+    /// The virtchnl version the VF negotiated (`"1.1"`); absent before VERSION.
+    pub version: Option<String>,
+    /// Granted capability flags (0 before GET_VF_RESOURCES).
+    pub caps: u32,
+    /// MAC filters (the default MAC included), `aa:bb:cc:dd:ee:ff`.
+    pub macs: Vec<String>,
+}
+
+impl From<emudev_iavf::IavfSnapshot> for JsIavfState {
+    fn from(s: emudev_iavf::IavfSnapshot) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        JsIavfState {
+            link_up: s.link_up,
+            queue_pairs: count(s.tx.len()),
+            tx_enabled: count(s.tx.iter().filter(|q| q.enabled).count()),
+            rx_enabled: count(s.rx.iter().filter(|q| q.enabled).count()),
+            version: s.version.map(|v| format!("{}.{}", v.major, v.minor)),
+            caps: s.caps,
+            macs: s.macs.iter().map(emudev_iavf::device::format_mac).collect(),
+        }
+    }
+}
+
+/// Options of `NativeServer.listenIavf`; absent fields take the device's
+/// defaults (instance name `emu_iavf0`, one queue pair, a MAC derived from
+/// the name, MTU 1500).
+#[napi(object, object_to_js = false, js_name = "IavfServerOptions")]
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JsIavfServerOptions {
+    /// Instance name (`emu_iavf0`); also seeds the default MAC.
+    pub name: Option<String>,
+    /// Queue pairs, 1 to 16.
+    pub queues: Option<f64>,
+    /// Default MAC address, `aa:bb:cc:dd:ee:ff` (unicast, not zero).
+    pub mac: Option<String>,
+    /// MTU, 68 to 9702.
+    pub mtu: Option<f64>,
+}
+
+/// The default instance name of `listenIavf`.
+pub const DEFAULT_IAVF_NAME: &str = "emu_iavf0";
+
+/// Builds (and validates) the device configuration from JS options, through
+/// [`IavfConfig::set`] and [`IavfConfig::validate`] so that JS options and
+/// `--vdev` arguments parse alike. Messages name the key
+/// (`listenIavf: queues=17: must be an integer 1..=16`).
+pub(crate) fn iavf_config(options: &JsIavfServerOptions) -> Result<IavfConfig, NativeError> {
+    let name = options.name.as_deref().unwrap_or(DEFAULT_IAVF_NAME);
+    let mut config = IavfConfig::new(name);
+    if let Some(q) = options.queues {
+        let q = number_option("queues", q, 1..=MAX_QUEUE_PAIRS)?;
+        config.set("queues", &q.to_string()).map_err(config_error)?;
+    }
+    if let Some(mtu) = options.mtu {
+        let mtu = number_option("mtu", mtu, MTU_RANGE)?;
+        config.set("mtu", &mtu.to_string()).map_err(config_error)?;
+    }
+    if let Some(mac) = &options.mac {
+        config.set("mac", mac).map_err(config_error)?;
+    }
+    config.validate().map_err(config_error)?;
+    Ok(config)
+}
+
+/// A numeric option in `range`, with a message naming the key and the range.
+fn number_option(
+    key: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<u16>,
+) -> Result<u16, NativeError> {
+    let (lo, hi) = (f64::from(*range.start()), f64::from(*range.end()));
+    if value.fract() != 0.0 || !(lo..=hi).contains(&value) {
+        return Err(invalid_arg(format!(
+            "listenIavf: {key}={value}: must be an integer {}..={}",
+            range.start(),
+            range.end()
+        )));
+    }
+    // The range check above makes this cast exact.
+    Ok(value as u16)
+}
+
+/// The error for a refused configuration, as `ERR_EMUDEV_INVALID_ARG`.
+fn config_error(e: IavfConfigError) -> NativeError {
+    match e {
+        // Worded here from the range itself, so the message always matches it.
+        IavfConfigError::Mtu(v) => invalid_arg(format!(
+            "listenIavf: mtu={v}: must be an integer {}..={}",
+            MTU_RANGE.start(),
+            MTU_RANGE.end()
+        )),
+        other => invalid_arg(format!("listenIavf: {other}")),
+    }
+}
+
+/// The device behind a live server, with what reaches it from other threads.
+#[derive(Debug)]
+enum Served {
+    /// An `edu` device.
+    Edu {
+        server: RunningServer<EduDevice>,
+        edu: EduStatsHandle,
+    },
+    /// An emulated iavf VF.
+    Iavf {
+        server: RunningServer<IavfDevice>,
+        iavf: IavfHandle,
+    },
+}
+
+impl Served {
+    fn stop(self) -> io::Result<()> {
+        match self {
+            Served::Edu { server, .. } => server.stop(),
+            Served::Iavf { server, .. } => server.stop(),
+        }
+    }
+}
+
 /// What a live server holds; taken out (and stopped) by `close()`.
 #[derive(Debug)]
 struct Running {
-    server: RunningServer<EduDevice>,
+    served: Served,
     handle: ServerHandle,
-    edu: EduStatsHandle,
 }
 
 /// The error for a failed bind, with the stable codes JavaScript branches on.
@@ -121,6 +317,7 @@ pub(crate) fn bind_error(e: &ServerBindError) -> NativeError {
 #[derive(Debug)]
 pub struct NativeServer {
     path: String,
+    device: &'static str,
     closed: AtomicBool,
     state: Arc<Mutex<Option<Running>>>,
 }
@@ -137,15 +334,49 @@ impl NativeServer {
         let server = server
             .spawn()
             .map_err(|e| io_error(&e, "cannot start the server thread"))?;
-        Ok(NativeServer {
-            path: path.to_owned(),
-            closed: AtomicBool::new(false),
-            state: Arc::new(Mutex::new(Some(Running {
-                server,
+        Ok(Self::running(
+            path,
+            EDU_DEVICE_NAME,
+            Running {
+                served: Served::Edu { server, edu },
                 handle,
-                edu,
-            }))),
-        })
+            },
+        ))
+    }
+
+    /// Binds `path` and starts serving a fresh iavf VF built from `config`
+    /// (validated here again) on its own thread.
+    pub fn start_iavf(path: &str, config: IavfConfig) -> napi::Result<Self, ErrorCode> {
+        let device = IavfDevice::new(config).map_err(|e| match e {
+            emudev_iavf::CreateIavfError::Config(c) => config_error(c),
+            // Only a device bug gets here; EIO says "not your argument".
+            other => errno_error_with_message(5, format!("cannot build the iavf device: {other}")),
+        })?;
+        let iavf = device.handle();
+        let server = device
+            .serve(PathBuf::from(path), ServerConfig::default())
+            .map_err(|e| bind_error(&e))?;
+        let handle = server.handle();
+        let server = server
+            .spawn()
+            .map_err(|e| io_error(&e, "cannot start the server thread"))?;
+        Ok(Self::running(
+            path,
+            IAVF_DEVICE_NAME,
+            Running {
+                served: Served::Iavf { server, iavf },
+                handle,
+            },
+        ))
+    }
+
+    fn running(path: &str, device: &'static str, running: Running) -> Self {
+        NativeServer {
+            path: path.to_owned(),
+            device,
+            closed: AtomicBool::new(false),
+            state: Arc::new(Mutex::new(Some(running))),
+        }
     }
 
     /// Runs `f` on the live server, or fails with `ERR_EMUDEV_CLOSED`.
@@ -159,8 +390,16 @@ impl NativeServer {
             .ok_or_else(|| closed("NativeServer"))
     }
 
+    /// The error for a device-specific method called on the other device.
+    fn wrong_device(&self, method: &str, wanted: &str) -> NativeError {
+        invalid_arg(format!(
+            "{method}() is for {wanted} servers; this one serves {}",
+            self.device
+        ))
+    }
+
     /// The work of `close()`, for callers that are already off the JS thread.
-    fn close_task(&self) -> CloseServer {
+    pub(crate) fn close_task(&self) -> CloseServer {
         self.closed.store(true, Ordering::SeqCst);
         CloseServer {
             state: self.state.clone(),
@@ -182,16 +421,32 @@ impl NativeServer {
         Self::start_edu(&path)
     }
 
+    /// Serves a new emulated iavf VF (`emu_iavf`) on the UNIX socket at
+    /// `path`, configured by `options` (the `--vdev` keys `queues`, `mac`,
+    /// `mtu`, and the instance `name`).
+    ///
+    /// Throws `ERR_EMUDEV_INVALID_ARG` naming the key for a bad option
+    /// (`queues=17: must be 1..=16`), and the same socket errors as
+    /// `listenEdu`.
+    #[napi(factory)]
+    pub fn listen_iavf(
+        path: String,
+        options: Option<JsIavfServerOptions>,
+    ) -> napi::Result<Self, ErrorCode> {
+        let config = iavf_config(&options.unwrap_or_default())?;
+        Self::start_iavf(&path, config)
+    }
+
     /// The socket path.
     #[napi(getter)]
     pub fn path(&self) -> String {
         self.path.clone()
     }
 
-    /// The device served: `"emu_edu"`.
-    #[napi(getter, ts_return_type = "'emu_edu'")]
+    /// The device served: `"emu_edu"` or `"emu_iavf"`.
+    #[napi(getter, ts_return_type = "'emu_edu' | 'emu_iavf'")]
     pub fn device(&self) -> &'static str {
-        EDU_DEVICE_NAME
+        self.device
     }
 
     /// Whether `close()` was called.
@@ -206,10 +461,49 @@ impl NativeServer {
         self.with_running(|r| r.handle.stats().into())
     }
 
-    /// The edu device's counters now. Throws `ERR_EMUDEV_CLOSED` after `close()`.
+    /// The edu device's counters now. Throws `ERR_EMUDEV_CLOSED` after
+    /// `close()` and `ERR_EMUDEV_INVALID_ARG` on an iavf server.
     #[napi]
     pub fn edu_stats(&self) -> napi::Result<JsEduStats, ErrorCode> {
-        self.with_running(|r| r.edu.snapshot().into())
+        self.with_running(|r| match &r.served {
+            Served::Edu { edu, .. } => Ok(edu.snapshot().into()),
+            Served::Iavf { .. } => Err(self.wrong_device("eduStats", EDU_DEVICE_NAME)),
+        })?
+    }
+
+    /// The iavf device's counters now. Throws `ERR_EMUDEV_CLOSED` after
+    /// `close()` and `ERR_EMUDEV_INVALID_ARG` on an edu server.
+    #[napi]
+    pub fn iavf_stats(&self) -> napi::Result<JsIavfStats, ErrorCode> {
+        self.with_running(|r| match &r.served {
+            Served::Iavf { iavf, .. } => Ok(iavf.stats().into()),
+            Served::Edu { .. } => Err(self.wrong_device("iavfStats", IAVF_DEVICE_NAME)),
+        })?
+    }
+
+    /// The iavf VF's state now (link, enabled queues, negotiated version).
+    /// Throws `ERR_EMUDEV_CLOSED` after `close()` and `ERR_EMUDEV_INVALID_ARG`
+    /// on an edu server.
+    #[napi]
+    pub fn iavf_state(&self) -> napi::Result<JsIavfState, ErrorCode> {
+        self.with_running(|r| match &r.served {
+            Served::Iavf { iavf, .. } => Ok(iavf.snapshot().into()),
+            Served::Edu { .. } => Err(self.wrong_device("iavfState", IAVF_DEVICE_NAME)),
+        })?
+    }
+
+    /// Sets the iavf VF's link state; a driver with enabled queues gets a
+    /// LINK_CHANGE event. Throws `ERR_EMUDEV_CLOSED` after `close()` and
+    /// `ERR_EMUDEV_INVALID_ARG` on an edu server.
+    #[napi]
+    pub fn set_link(&self, up: bool) -> napi::Result<(), ErrorCode> {
+        self.with_running(|r| match &r.served {
+            Served::Iavf { iavf, .. } => {
+                iavf.set_link(up);
+                Ok(())
+            }
+            Served::Edu { .. } => Err(self.wrong_device("setLink", IAVF_DEVICE_NAME)),
+        })?
     }
 
     /// Stops the server: disconnects the client, joins the server thread (on
@@ -231,11 +525,11 @@ impl CloseServer {
     /// Stops and joins the server if it still runs. The lock is held while
     /// joining, so a concurrent close waits for this one instead of resolving
     /// early.
-    fn run(&self) -> Result<(), NativeError> {
+    pub(crate) fn run(&self) -> Result<(), NativeError> {
         let mut state = lock(&self.state);
         match state.take() {
             Some(running) => running
-                .server
+                .served
                 .stop()
                 .map_err(|e: io::Error| io_error(&e, "stopping the server")),
             None => Ok(()),
@@ -334,6 +628,158 @@ mod tests {
             "{}",
             err.status
         );
+    }
+
+    #[test]
+    fn serves_an_iavf_vf_with_its_own_stats_and_link() {
+        let p = temp_socket("iavf");
+        let opts = JsIavfServerOptions {
+            queues: Some(4.0),
+            mac: Some("02:00:00:aa:bb:01".into()),
+            mtu: Some(9000.0),
+            ..Default::default()
+        };
+        let server = NativeServer::start_iavf(path_str(&p), iavf_config(&opts).expect("config"))
+            .expect("bind");
+        assert_eq!(server.device(), "emu_iavf");
+        let s = server.iavf_stats().expect("iavf stats");
+        assert_eq!((s.mmio_reads, s.vf_resets, s.link_events), (0.0, 0.0, 0.0));
+        let err = server.edu_stats().expect_err("not an edu server");
+        assert_eq!(err.status, ErrorCode::InvalidArg);
+        assert!(err.reason.contains("eduStats"), "{}", err.reason);
+        let st = server.iavf_state().expect("state");
+        assert!(st.link_up);
+        assert_eq!((st.queue_pairs, st.tx_enabled, st.version), (4, 0, None));
+        assert_eq!(st.macs, vec!["02:00:00:aa:bb:01".to_string()]);
+        server.set_link(false).expect("set link");
+        assert!(!server.iavf_state().expect("state").link_up);
+        server.set_link(true).expect("set link");
+        server.close_task().run().expect("close");
+        assert!(!p.exists());
+        assert_eq!(
+            server.iavf_stats().expect_err("closed").status,
+            ErrorCode::Closed
+        );
+        assert_eq!(
+            server.set_link(true).expect_err("closed").status,
+            ErrorCode::Closed
+        );
+    }
+
+    #[test]
+    fn edu_servers_refuse_iavf_methods() {
+        let p = temp_socket("edu-iavf");
+        let server = NativeServer::start_edu(path_str(&p)).expect("bind");
+        for err in [
+            server.iavf_stats().map(|_| ()).expect_err("iavfStats"),
+            server.iavf_state().map(|_| ()).expect_err("iavfState"),
+            server.set_link(true).expect_err("setLink"),
+        ] {
+            assert_eq!(err.status, ErrorCode::InvalidArg);
+            assert!(err.reason.contains("emu_iavf servers"), "{}", err.reason);
+        }
+        server.close_task().run().expect("close");
+    }
+
+    #[test]
+    fn iavf_options_default_and_apply() {
+        let c = iavf_config(&JsIavfServerOptions::default()).expect("defaults");
+        assert_eq!(c, IavfConfig::new("emu_iavf0"));
+        let c = iavf_config(&JsIavfServerOptions {
+            name: Some("emu_iavf3".into()),
+            queues: Some(16.0),
+            mac: Some("02:11:22:33:44:55".into()),
+            mtu: Some(9702.0),
+        })
+        .expect("all options");
+        assert_eq!(c.name, "emu_iavf3");
+        assert_eq!((c.queues, c.mtu), (16, 9702));
+        assert_eq!(c.mac, [2, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    }
+
+    #[test]
+    fn bad_iavf_options_are_invalid_args_naming_the_key() {
+        let cases: [(JsIavfServerOptions, &str); 9] = [
+            (
+                JsIavfServerOptions {
+                    queues: Some(0.0),
+                    ..Default::default()
+                },
+                "queues=0",
+            ),
+            (
+                JsIavfServerOptions {
+                    queues: Some(17.0),
+                    ..Default::default()
+                },
+                "queues=17",
+            ),
+            (
+                JsIavfServerOptions {
+                    queues: Some(1.5),
+                    ..Default::default()
+                },
+                "queues=1.5",
+            ),
+            (
+                JsIavfServerOptions {
+                    queues: Some(f64::NAN),
+                    ..Default::default()
+                },
+                "queues=NaN",
+            ),
+            (
+                JsIavfServerOptions {
+                    mtu: Some(67.0),
+                    ..Default::default()
+                },
+                "mtu=67",
+            ),
+            (
+                JsIavfServerOptions {
+                    mtu: Some(9703.0),
+                    ..Default::default()
+                },
+                "mtu=9703: must be an integer 68..=9702",
+            ),
+            (
+                JsIavfServerOptions {
+                    mac: Some("zz".into()),
+                    ..Default::default()
+                },
+                "mac=\"zz\"",
+            ),
+            (
+                JsIavfServerOptions {
+                    mac: Some("01:00:00:00:00:01".into()),
+                    ..Default::default()
+                },
+                "mac=01:00:00:00:00:01",
+            ),
+            (
+                JsIavfServerOptions {
+                    name: Some(String::new()),
+                    ..Default::default()
+                },
+                "name is empty",
+            ),
+        ];
+        for (opts, needle) in cases {
+            let err = iavf_config(&opts).expect_err("must be refused");
+            assert_eq!(err.status, ErrorCode::InvalidArg, "{opts:?}");
+            assert!(err.reason.starts_with("listenIavf: "), "{}", err.reason);
+            assert!(err.reason.contains(needle), "{} lacks {needle}", err.reason);
+        }
+    }
+
+    #[test]
+    fn an_iavf_server_on_a_live_socket_is_in_use() {
+        let p = temp_socket("iavf-inuse");
+        let first = NativeServer::start_edu(path_str(&p)).expect("bind");
+        let err = NativeServer::start_iavf(path_str(&p), IavfConfig::new("emu_iavf0"))
+            .expect_err("second bind");
+        assert_eq!(err.status, ErrorCode::SocketInUse);
+        first.close_task().run().expect("close");
     }
 
     #[test]

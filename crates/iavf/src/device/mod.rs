@@ -182,7 +182,7 @@ pub enum IavfConfigError {
     #[error("mac={0:?}: expected six hex bytes separated by ':'")]
     MacSyntax(String),
     /// MTU outside [`MTU_RANGE`].
-    #[error("mtu={0}: must be 68..=9710")]
+    #[error("mtu={0}: must be 68..=9702")]
     Mtu(u16),
     /// A numeric argument that does not parse.
     #[error("{key}={value:?}: not a number")]
