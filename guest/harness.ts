@@ -14,7 +14,8 @@
  * 3. For each scenario: serves its devices in this process through the native
  *    binding, on sockets inside the chroot (`/run/emudev/<id>.sock` as QEMU sees
  *    them), boots the guest under TCG with one `vfio-user-pci` device per
- *    server and `emudev.scenario=<name>` on the kernel command line, and
+ *    server, the scenario's CPU count (`-smp`, 1 unless it says otherwise)
+ *    and `emudev.scenario=<name>` on the kernel command line, and
  *    checks the guest's `EMUDEV-CHECK name=value` lines and the servers'
  *    counters. Each scenario has a time limit; QEMU is killed by pid, sockets
  *    are removed and nothing stays mounted on every way out (signals too).
@@ -43,7 +44,7 @@ import { join, resolve } from 'node:path'
 import { native } from '../src/native'
 import { findMirrors, MirrorError } from './apt'
 import { QemuTrace } from './trace'
-import type { EduStats, ServerStats } from '../index.js'
+import type { EduStats, IavfServerOptions, IavfStats, ServerStats } from '../index.js'
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -124,6 +125,11 @@ interface HostCheck {
 interface Scenario {
   readonly name: string
   readonly description: string
+  /**
+   * Guest CPUs (`-smp`, default 1). Linux's iavf uses min(queue pairs,
+   * online CPUs) queue pairs, so a multi-queue VF needs as many CPUs.
+   */
+  readonly cpus?: number
   /** Kernel modules (with their dependencies) the initramfs must hold. */
   readonly modules: readonly string[]
   readonly devices: readonly DeviceUnderTest[]
@@ -132,11 +138,13 @@ interface Scenario {
   readonly host: Readonly<Record<string, readonly HostCheck[]>>
 }
 
-const equals = (name: string, value: number): GuestExpectation => ({
+/** The guest must print `value`; `want` shows it in hex (what devmem prints) or decimal. */
+const equals = (name: string, value: number, radix: 10 | 16 = 16): GuestExpectation => ({
   name,
-  want: `0x${value.toString(16)}`,
+  want: radix === 16 ? `0x${value.toString(16)}` : String(value),
   ok: (v) => v === value,
 })
+const decimal = (name: string, value: number) => equals(name, value, 10)
 const atLeast = (name: string, min: number, got: (c: Counters) => number): HostCheck => ({
   name,
   want: `>= ${min}`,
@@ -176,6 +184,90 @@ function eduDevice(id: string): DeviceUnderTest {
 
 const dev = (name: keyof EduStats) => (c: Counters) => c.device[name] ?? Number.NaN
 
+function iavfDevice(id: string, options: IavfServerOptions): DeviceUnderTest {
+  return {
+    id,
+    start(hostPath) {
+      const server = native.NativeServer.listenIavf(hostPath, options)
+      return {
+        stats: () => server.stats(),
+        deviceStats: (): Record<string, number> => ({ ...server.iavfStats() }),
+        close: () => server.close(),
+      }
+    },
+  }
+}
+
+const iavfStat = (name: keyof IavfStats) => (c: Counters) => c.device[name] ?? Number.NaN
+
+/** The MAC both iavf scenarios configure, as the guest prints it (`mac_hex`). */
+const IAVF_MAC = '02:00:00:00:00:01'
+const IAVF_MAC_HEX = 0x020000000001
+
+/**
+ * The iavf scenario (guest/scenarios/iavf.sh) against a VF with `queues`
+ * queue pairs; the guest gets as many CPUs (see {@link Scenario.cpus}).
+ */
+function iavfScenario(name: string, queues: number): Scenario {
+  const id = 'iavf0'
+  return {
+    name,
+    description:
+      `Linux iavf driver on emu_iavf (8086:1889, ${queues} queue pair${queues === 1 ? '' : 's'}, mac=${IAVF_MAC}):` +
+      ' probe, virtchnl, link, MTU, rmmod/insmod',
+    cpus: queues,
+    modules: ['iavf'],
+    devices: [iavfDevice(id, { queues, mac: IAVF_MAC, mtu: 1500 })],
+    guest: [
+      decimal('found', 1),
+      decimal('bound', 1),
+      // one vector for the admin queue, one per queue pair
+      decimal('msix_vectors', queues + 1),
+      equals('mac', IAVF_MAC_HEX),
+      decimal('mtu', 1500),
+      decimal('rx_queues', queues),
+      decimal('tx_queues', queues),
+      decimal('carrier', 1),
+      decimal('carrier_after_3s', 1),
+      // 9000 is above the VF's max_mtu: refused, nothing changes
+      decimal('mtu9000_rc', 1),
+      decimal('mtu_after_9000', 1500),
+      // taken; iavf resets the VF to apply it and the carrier goes off and on
+      decimal('mtu1400_rc', 0),
+      decimal('mtu1400_after', 1400),
+      decimal('mtu1400_carrier_changes', 2),
+      decimal('mtu1400_carrier', 1),
+      decimal('mtu1500_rc', 0),
+      decimal('mtu1500_after', 1500),
+      decimal('mtu1500_carrier_changes', 2),
+      decimal('mtu1500_carrier', 1),
+      decimal('removed_bound', 0),
+      decimal('reload_bound', 1),
+      equals('reload_mac', IAVF_MAC_HEX),
+      decimal('reload_carrier', 1),
+      decimal('tx_timeouts', 0),
+      decimal('dmesg_errors', 0),
+      decimal('kernel_warnings', 0),
+    ],
+    host: {
+      [id]: [
+        ...serverChecks(),
+        atLeast('vcOk', 1, iavfStat('vcOk')),
+        exactly('vcErrors', 0, iavfStat('vcErrors')),
+        exactly('aqErrors', 0, iavfStat('aqErrors')),
+        // link up, after each of the two MTU resets, after the reload
+        atLeast('linkEvents', 3, iavfStat('linkEvents')),
+        // at least the two MTU resets and the one rmmod asks for (a run counts 6)
+        atLeast('vfResets', 3, iavfStat('vfResets')),
+        exactly('irqsUndelivered', 0, iavfStat('irqsUndelivered')),
+        exactly('arqDropped', 0, iavfStat('arqDropped')),
+        exactly('badAccesses', 0, iavfStat('badAccesses')),
+        exactly('emuErrors', 0, iavfStat('emuErrors')),
+      ],
+    },
+  }
+}
+
 const SCENARIOS: readonly Scenario[] = [
   {
     name: 'edu',
@@ -205,6 +297,8 @@ const SCENARIOS: readonly Scenario[] = [
       ],
     },
   },
+  iavfScenario('iavf', 1),
+  iavfScenario('iavf4', 4),
 ]
 
 // ---------------------------------------------------------------------------
@@ -494,6 +588,7 @@ function qemuArgs(scenario: Scenario, kver: string, verbose: boolean): string[] 
     '-machine', 'q35',
     '-accel', 'tcg',
     '-m', String(GUEST_MEMORY_MB),
+    '-smp', String(scenario.cpus ?? 1),
     '-object', `memory-backend-memfd,id=mem,size=${GUEST_MEMORY_MB}M,share=on`,
     '-machine', 'memory-backend=mem',
     '-nodefaults', '-no-user-config',
@@ -607,7 +702,8 @@ const fmtS = (ms: number) => `${(ms / 1000).toFixed(1)} s`
 
 async function runScenario(scenario: Scenario, kver: string, verbose: boolean): Promise<ScenarioResult> {
   console.log(
-    `\nscenario ${scenario.name}: ${scenario.description} (${scenario.devices.length} device(s), limit ${fmtS(SCENARIO_LIMIT_MS)})`,
+    `\nscenario ${scenario.name}: ${scenario.description}` +
+      ` (${scenario.devices.length} device(s), ${scenario.cpus ?? 1} CPU(s), limit ${fmtS(SCENARIO_LIMIT_MS)})`,
   )
   const sockDir = join(CH, SOCK_DIR_INSIDE)
   mkdirSync(sockDir, { recursive: true })

@@ -84,7 +84,9 @@ ip link set "$ifc" up || fail "ip link set $ifc up failed after the reload"
 carrier_wait reload_carrier
 ip link set "$ifc" down
 
-# What the driver said; lines that name a failure are counted.
-dmesg_info iavf 40
+# What the driver said (its own lines, not the kernel command line); lines
+# that name a failure are counted, and so are kernel warnings of any origin.
+dmesg_info '\] iavf[ :]' 40
 check tx_timeouts "$(dmesg | grep -c 'transmit queue .* timed out')"
 check dmesg_errors "$(dmesg | grep -i iavf | grep -c -i -E 'error|fail|timeout|timed out|never|reset detected|not supported|unable|invalid')"
+check kernel_warnings "$(dmesg | grep -c -E 'WARNING:|BUG:|Oops|Call Trace')"
