@@ -24,6 +24,11 @@
  * an iavf VF up with the native client driver, prints one aligned line per
  * bring-up step with its duration, the link state and the VSI counters, shuts
  * the VF down and exits 0 (1 if the bring-up failed, with one line on stderr).
+ *
+ * `emudev inspect <path> [--json]` connects to any vfio-user server and prints
+ * its device info, regions, IRQs and decoded PCI config space, like
+ * `lspci -vv`; it only reads (see `src/inspect.ts`). A connection that fails
+ * exits 1 with one line.
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -64,6 +69,11 @@ const CLIENT_OPTIONS: Record<string, OptionSpec> = {
   json: { type: 'boolean' },
 }
 
+const INSPECT_OPTIONS: Record<string, OptionSpec> = {
+  help: { type: 'boolean', short: 'h' },
+  json: { type: 'boolean' },
+}
+
 /** Options of the data-path issue, refused until it lands. */
 const FUTURE_CLIENT_OPTIONS = ['--fwd', '--duration']
 
@@ -74,6 +84,7 @@ Userspace PCI device emulation over vfio-user.
 Commands:
   serve     serve emulated devices on vfio-user sockets
   client    bring up a device with a client driver (iavf_client)
+  inspect   show a vfio-user device: info, regions, IRQs, PCI config space
 
 Options:
   -h, --help       show this help (or a command's help: emudev serve --help)
@@ -115,6 +126,24 @@ Options:
   -h, --help       show this help
 `
 }
+
+const INSPECT_HELP = `Usage: emudev inspect <socket> [--json]
+
+Connect to the vfio-user server on <socket> (emudev's or any other) and print,
+like lspci -vv: the device info, the regions (size, flags, mmap areas), the
+IRQ indexes, and PCI config space decoded: ids, class, command and status,
+BARs (sizes from the region info), interrupt pin and the capabilities (PM,
+MSI, MSI-X, PCI Express, extended capabilities). It only reads: nothing is
+written to the device.
+
+Options:
+  --json      print one JSON object instead of text
+  -h, --help  show this help
+
+Examples:
+  emudev inspect /tmp/edu.sock
+  emudev inspect /tmp/sock1 --json
+`
 
 /**
  * Parses `args` against `options`, reporting unknown options and missing or
@@ -369,6 +398,31 @@ async function clientCommand(args: string[], io: CliIo): Promise<number> {
   }
 }
 
+async function inspectCommand(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseOptions(args, INSPECT_OPTIONS, 'emudev inspect')
+  if (values.help === true) {
+    io.stdout(INSPECT_HELP)
+    return EXIT_OK
+  }
+  const [path, extra] = positionals
+  if (path === undefined) throw new UsageError('emudev inspect: missing socket path (e.g. emudev inspect /tmp/edu.sock)')
+  if (extra !== undefined) throw new UsageError(`emudev inspect: unexpected argument '${extra}'`)
+  // Loaded here: --help and usage errors work even without a built addon.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { inspect, formatReport, reportToJson } = require('./inspect') as typeof import('./inspect')
+  let report
+  try {
+    report = await inspect(path)
+  } catch (err) {
+    const code = (err as { code?: unknown } | null)?.code
+    const message = (err instanceof Error ? err.message : String(err)).replace(/\s*\n\s*/g, ' ')
+    io.stderr(`emudev inspect: ${path}: ${typeof code === 'string' ? `${code} ` : ''}${message}\n`)
+    return EXIT_FAILURE
+  }
+  io.stdout(values.json === true ? `${reportToJson(report)}\n` : formatReport(report))
+  return EXIT_OK
+}
+
 /** A script could not be loaded or did not export a device; exit code 1. */
 class ScriptError extends Error {}
 
@@ -495,6 +549,8 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await serveCommand(rest, io)
       case 'client':
         return await clientCommand(rest, io)
+      case 'inspect':
+        return await inspectCommand(rest, io)
       default:
         throw new UsageError(`emudev: unknown command '${first}' (try 'emudev --help')`)
     }

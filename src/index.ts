@@ -105,6 +105,9 @@ export {
 } from './config'
 export type { Vdev, EduVdev, IavfVdev, IavfClientVdev, DriverName } from './config'
 
+export { inspect, decodeConfig, walkCapabilities, walkExtendedCapabilities, formatReport, reportToJson } from './inspect'
+export type { InspectReport, ConfigInfo, BarInfo, RomInfo, CapabilityInfo, RegionReport, IrqReport } from './inspect'
+
 import { native } from './native'
 
 /** The version of the loaded native addon (equal to the package version in a consistent install). */
