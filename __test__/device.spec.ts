@@ -7,7 +7,17 @@ import { join } from 'node:path'
 import test, { type ExecutionContext } from 'ava'
 
 import { EduDevice } from '../examples/edu'
-import { GpioDevice, GPIO_BAR, REG_IN_LO, REG_IRQ_ENABLE, REG_IRQ_STATUS, REG_OUT_LO } from '../examples/gpio'
+import {
+  GpioDevice,
+  GPIO_BAR,
+  IRQ_STATUS_PENDING,
+  REG_FILTER_CTL,
+  REG_IN0_7,
+  REG_IRQ_CTL,
+  REG_IRQ_STATUS,
+  REG_OUT0_7,
+  REG_OUT8_15,
+} from '../examples/gpio'
 import {
   CONFIG_REGION,
   IRQ_INTX,
@@ -339,7 +349,7 @@ test('client requests run in the order they were made', async (t) => {
   t.is(codeOf(await t.throwsAsync(client.waitIrq(IRQ_MSI, 0, 10))), 'ERR_EMUDEV_CLOSED')
 })
 
-test('the GPIO example: inputs change over time, outputs latch, input changes interrupt', async (t) => {
+test('the GPIO example: the PCI-IDIO-16 register model, inputs over time, change-of-state interrupt', async (t) => {
   const { device, sock } = await serve(t, new GpioDevice({ periodMs: 0 }))
   const client = await connect(t, sock)
   t.deepEqual(client.region(GPIO_BAR), {
@@ -354,26 +364,72 @@ test('the GPIO example: inputs change over time, outputs latch, input changes in
   const config = await client.regionRead(CONFIG_REGION, 0, 4)
   t.is(config.readUInt32LE(0), 0x0dc8494f)
   t.is((await client.regionRead(CONFIG_REGION, 0x18, 4)).readUInt32LE(0) & 1, 1, 'BAR2 is an I/O BAR')
-  await client.writeU16(GPIO_BAR, REG_OUT_LO, 0xa55a)
-  t.is(await client.readU16(GPIO_BAR, REG_OUT_LO), 0xa55a)
+
+  // Outputs 0-7 at 0x0 and 8-15 at 0x4 (Linux's register stride is 4), each read back.
+  await client.writeU8(GPIO_BAR, REG_OUT0_7, 0x5a)
+  await client.writeU8(GPIO_BAR, REG_OUT8_15, 0xa5)
+  t.is(device.outputs, 0xa55a)
+  t.is(await client.readU8(GPIO_BAR, REG_OUT0_7), 0x5a)
+  t.is(await client.readU8(GPIO_BAR, REG_OUT8_15), 0xa5)
+  t.deepEqual(device.outputHistory, [0x5a, 0xa55a])
+  // Inputs 0-7 at 0x1 and 8-15 at 0x5.
   device.setInputs(0xbeef)
-  t.is(await client.readU16(GPIO_BAR, REG_IN_LO), 0xbeef)
+  t.is(await client.readU8(GPIO_BAR, REG_IN0_7), 0xef)
+  t.is(await client.readU8(GPIO_BAR, 0x5), 0xbe)
+  t.is(device.outputs, 0xa55a, 'the inputs are not the outputs')
+  // Filters: a write deactivates them, a read activates them.
+  await client.readU8(GPIO_BAR, REG_FILTER_CTL)
+  t.true(device.filtersActive)
+  await client.writeU8(GPIO_BAR, REG_FILTER_CTL, 0)
+  t.false(device.filtersActive)
+
+  // A change while the interrupt is disabled latches nothing.
   await client.enableIrqs(IRQ_INTX, 1)
-  await client.writeU8(GPIO_BAR, REG_IRQ_ENABLE, 1)
-  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), 1, 'the change before enabling is still flagged')
+  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), 0, 'nothing pending while disabled')
+  // Reading IRQ_CTL enables it; a change then raises INTx and sets status bit 2.
+  await client.readU8(GPIO_BAR, REG_IRQ_CTL)
+  t.true(device.irqEnabled)
   device.setInputs(0x1234)
   t.is(await client.waitIrq(IRQ_INTX, 0, 2000), 1)
-  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), 1)
-  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), 0, 'reading cleared it')
+  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), IRQ_STATUS_PENDING)
+  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), IRQ_STATUS_PENDING, 'reading the status does not clear it')
+  // Writing IN0_7 clears it (the value does not matter) and lowers the line.
+  await client.writeU8(GPIO_BAR, REG_IN0_7, 0)
+  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), 0)
+  t.is(device.counters.irqClears, 1)
+  t.is(device.counters.irqsRaised, 1)
+  // Writing IRQ_CTL disables it: a change neither latches nor interrupts.
+  await client.writeU8(GPIO_BAR, REG_IRQ_CTL, 0xff)
+  t.false(device.irqEnabled)
+  device.setInputs(0x4321)
+  t.is(await client.readU8(GPIO_BAR, REG_IRQ_STATUS), 0)
+  t.is(device.counters.irqsRaised, 1)
   t.is(await client.readU8(GPIO_BAR, 0x80), 0xff, 'holes read 0xff')
+  t.is(device.counters.holeAccesses, 1)
+  t.is(device.stats().handlerErrors, 0)
+
+  // Loopback: OUT15 drives IIN15 (XOR onto the pin's own level), and the change interrupts.
+  const looped = new GpioDevice({ periodMs: 0, inputs: 0xa5c3, loopback: 0x8000 })
+  const { sock: loopSock } = await serve(t, looped)
+  const c3 = await connect(t, loopSock)
+  await c3.enableIrqs(IRQ_INTX, 1)
+  await c3.readU8(GPIO_BAR, REG_IRQ_CTL)
+  await c3.writeU8(GPIO_BAR, REG_OUT0_7, 0xff)
+  t.is(await c3.readU8(GPIO_BAR, 0x5), 0xa5, 'outputs outside the loopback mask drive nothing')
+  t.is(await c3.readU8(GPIO_BAR, REG_IRQ_STATUS), 0)
+  await c3.writeU8(GPIO_BAR, REG_OUT8_15, 0x80)
+  t.is(await c3.readU8(GPIO_BAR, 0x5), 0x25, 'OUT15 high flips IIN15')
+  t.is(await c3.waitIrq(IRQ_INTX, 0, 2000), 1)
+  t.is(await c3.readU8(GPIO_BAR, REG_IRQ_STATUS), IRQ_STATUS_PENDING)
+  t.is(looped.counters.irqsRaised, 1)
 
   // Running free, the inputs move on their own.
   const free = new GpioDevice({ periodMs: 10 })
   const { sock: freeSock } = await serve(t, free)
   const c2 = await connect(t, freeSock)
-  const first = await c2.readU16(GPIO_BAR, REG_IN_LO)
-  t.true(await waitFor(() => free.inputs !== first, 2000))
-  t.not(await c2.readU16(GPIO_BAR, REG_IN_LO), first)
+  const first = await c2.readU8(GPIO_BAR, REG_IN0_7)
+  t.true(await waitFor(() => (free.inputs & 0xff) !== first, 2000))
+  t.not(await c2.readU8(GPIO_BAR, REG_IN0_7), first)
 })
 
 test('bad specs and arguments are rejected with stable codes', async (t) => {

@@ -11,8 +11,8 @@
  *    (`guest/mkinitramfs.sh`) from `guest/init.sh`, `guest/lib.sh`,
  *    `guest/scenarios/*.sh` and the kernel modules the scenarios need; rebuilt
  *    whenever one of those inputs changes.
- * 3. For each scenario: serves its devices in this process through the native
- *    binding, on sockets inside the chroot (`/run/emudev/<id>.sock` as QEMU sees
+ * 3. For each scenario: serves its devices in this process (native devices
+ *    through the binding, TypeScript ones as `PciDevice`s), on sockets inside the chroot (`/run/emudev/<id>.sock` as QEMU sees
  *    them), boots the guest under TCG with one `vfio-user-pci` device per
  *    server, the scenario's CPU count (`-smp`, 1 unless it says otherwise)
  *    and `emudev.scenario=<name>` on the kernel command line, and
@@ -42,6 +42,7 @@ import {
 import { join, resolve } from 'node:path'
 
 import { native } from '../src/native'
+import { GpioDevice } from '../examples/gpio'
 import { findMirrors, MirrorError } from './apt'
 import { QemuTrace } from './trace'
 import type { EduStats, IavfServerOptions, IavfStats, ServerStats } from '../index.js'
@@ -90,7 +91,7 @@ interface DeviceUnderTest {
   /** Socket name (`<id>.sock`) and QEMU device id. */
   readonly id: string
   /** Starts serving on `hostPath`. */
-  start(hostPath: string): RunningServer
+  start(hostPath: string): RunningServer | Promise<RunningServer>
 }
 
 /** A served device, as the harness sees it. */
@@ -268,6 +269,55 @@ function iavfScenario(name: string, queues: number): Scenario {
   }
 }
 
+/**
+ * The TypeScript GPIO card (examples/gpio.ts) with its inputs held at
+ * `inputs` (no pulse generator) and the outputs in `loopback` wired to the
+ * same-numbered inputs. Its counters, the handler counters of its
+ * `PciDevice`, and what the guest did to the outputs: the final value, the
+ * OR of every value they took (which pins were ever driven high) and how
+ * many single-pin changes the history holds.
+ */
+function gpioDevice(id: string, inputs: number, loopback: number): DeviceUnderTest {
+  return {
+    id,
+    async start(hostPath) {
+      const device = new GpioDevice({ periodMs: 0, inputs, loopback, name: id })
+      await device.listen(hostPath)
+      return {
+        stats: () => {
+          const { clients, messages, errors, dmaRequests, connected } = device.stats()
+          return { clients, messages, errors, dmaRequests, connected }
+        },
+        deviceStats: (): Record<string, number> => {
+          const { handlerCalls, handlerErrors, handlerTimeouts } = device.stats()
+          let everHigh = 0
+          let edges = 0
+          let previous = 0
+          for (const v of device.outputHistory) {
+            everHigh |= v
+            for (let x = (v ^ previous) & 0xffff; x !== 0; x &= x - 1) edges++
+            previous = v
+          }
+          return {
+            ...device.counters,
+            handlerCalls,
+            handlerErrors,
+            handlerTimeouts,
+            outputs: device.outputs,
+            outputsEverHigh: everHigh,
+            outputEdges: edges,
+          }
+        },
+        close: () => device.close(),
+      }
+    },
+  }
+}
+
+const gpioStat = (name: string) => (c: Counters) => c.device[name] ?? Number.NaN
+/** The input pattern the gpio scenario's card presents (IIN15..IIN0). */
+const GPIO_INPUTS = 0xa5c3
+
 const SCENARIOS: readonly Scenario[] = [
   {
     name: 'edu',
@@ -294,6 +344,55 @@ const SCENARIOS: readonly Scenario[] = [
         atLeast('mmioWrites', 4, dev('mmioWrites')),
         atLeast('irqsRaised', 1, dev('irqsRaised')),
         exactly('badAccesses', 0, dev('badAccesses')),
+      ],
+    },
+  },
+  {
+    name: 'gpio',
+    description:
+      'Linux gpio-pci-idio-16 on the TypeScript GPIO card (494f:0dc8, examples/gpio.ts) through GPIO sysfs',
+    modules: ['gpio-pci-idio-16'],
+    devices: [gpioDevice('gpio0', GPIO_INPUTS, 0x8000)],
+    guest: [
+      decimal('found', 1),
+      decimal('bar2_io', 1),
+      equals('bar2_size', 0x100),
+      decimal('bound', 1),
+      decimal('ngpio', 32),
+      decimal('out3_is_output', 1),
+      decimal('out3_high', 1),
+      decimal('out3_low', 0),
+      decimal('out9_high', 1),
+      decimal('input_lines', 16),
+      equals('inputs', GPIO_INPUTS),
+      decimal('input_write_refused', 1),
+      // OUT15 drives IIN15 (0xa5c3 has IIN15 high): high XOR high, then back
+      decimal('in15_after_out15_high', 0),
+      decimal('in15_after_out15_low', 1),
+      decimal('edge_irqs', 2),
+      decimal('dmesg_errors', 0),
+      decimal('kernel_warnings', 0),
+    ],
+    host: {
+      gpio0: [
+        ...serverChecks(),
+        // OUT3 up and down, OUT9 up, OUT15 up and down: five pin changes, nothing else ever driven
+        exactly('outputs', 0x0200, gpioStat('outputs')),
+        exactly('outputsEverHigh', 0x8208, gpioStat('outputsEverHigh')),
+        exactly('outputEdges', 5, gpioStat('outputEdges')),
+        // one read per input line at least
+        atLeast('inputReads', 16, gpioStat('inputReads')),
+        // the probe deactivates the input filters and disables the interrupt
+        atLeast('filterWrites', 1, gpioStat('filterWrites')),
+        atLeast('irqDisables', 1, gpioStat('irqDisables')),
+        // IIN15's edge interrupt: enabled once, raised and cleared per OUT15 toggle
+        atLeast('irqEnables', 1, gpioStat('irqEnables')),
+        exactly('irqsRaised', 2, gpioStat('irqsRaised')),
+        atLeast('irqClears', 2, gpioStat('irqClears')),
+        exactly('holeAccesses', 0, gpioStat('holeAccesses')),
+        atLeast('handlerCalls', 20, gpioStat('handlerCalls')),
+        exactly('handlerErrors', 0, gpioStat('handlerErrors')),
+        exactly('handlerTimeouts', 0, gpioStat('handlerTimeouts')),
       ],
     },
   },
@@ -715,7 +814,7 @@ async function runScenario(scenario: Scenario, kver: string, verbose: boolean): 
     for (const d of scenario.devices) {
       const hostPath = join(sockDir, `${d.id}.sock`)
       live.set(`sock:${d.id}`, () => rmSync(hostPath, { force: true }))
-      servers.set(d.id, d.start(hostPath))
+      servers.set(d.id, await d.start(hostPath))
     }
     result = await boot(scenario, kver, verbose)
     // Let each server notice that QEMU hung up, then read its counters.
