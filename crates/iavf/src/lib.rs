@@ -8,7 +8,9 @@
 //!   Little-endian on the wire, every decoder length-checked.
 //! - [`device`]: the emulated VF (`emu_iavf`) on `emudev-pci` and the emudev object model:
 //!   [`IavfDevice`] is a vfio-user `Device`; [`IavfHandle`] reaches it from other threads.
+//! - [`datapath`]: the software data path (TX/RX ring engines, back-ends) attached to it.
 
+pub mod datapath;
 pub mod device;
 pub mod driver;
 pub mod spec;

@@ -297,6 +297,12 @@ impl Core {
         }
     }
 
+    /// `QTX_TAIL1(q)` and `QRX_TAIL1(q)` as last written, for a data path taking over a queue.
+    pub(crate) fn tails(&self, q: u16) -> Option<(u32, u32)> {
+        let i = usize::from(q);
+        Some((*self.tx_tail.get(i)?, *self.rx_tail.get(i)?))
+    }
+
     // ----- registers ---------------------------------------------------------------------------
 
     /// A 4-byte register read at `off` (aligned, inside BAR0). Unknown offsets read 0.

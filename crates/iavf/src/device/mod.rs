@@ -62,6 +62,7 @@ mod tests;
 use thiserror::Error;
 
 pub use self::pci::{CreateIavfError, IavfDevice, IavfHandle, IrqOutcome};
+pub(crate) use self::pci::WeakIavfHandle;
 pub use self::stats::{IavfStats, VsiStats};
 
 use crate::spec::regs::{MAX_QUEUE_PAIRS, MAX_VECTORS};

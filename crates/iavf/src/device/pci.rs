@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use emudev::{
     AttrSpec, AttrValue, BuildError, Doorbell, EmuDev, EmuDevConf, EmuEvent, EventSink,
@@ -326,6 +326,19 @@ impl IavfHandle {
         &self.shared.emu
     }
 
+    /// `QTX_TAIL1(q)` and `QRX_TAIL1(q)` as the driver last wrote them (`None` beyond the 16
+    /// queues of a VF). A data path taking over a queue reads the RX tail posted before
+    /// ENABLE_QUEUES here.
+    pub fn queue_tails(&self, q: u16) -> Option<(u32, u32)> {
+        lock(&self.shared.core).tails(q)
+    }
+
+    /// A handle that does not keep the device alive (for the data path, which the device's
+    /// object model owns).
+    pub(crate) fn downgrade(&self) -> WeakIavfHandle {
+        WeakIavfHandle(Arc::downgrade(&self.shared))
+    }
+
     /// The MSI-X table.
     pub fn msix(&self) -> &MsixTable {
         &self.shared.msix
@@ -358,6 +371,17 @@ impl IavfHandle {
                 Some(FireOutcome::Disabled) | None => IrqOutcome::Undelivered,
             }
         })
+    }
+}
+
+/// An [`IavfHandle`] that does not keep the device alive.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakIavfHandle(Weak<Shared>);
+
+impl WeakIavfHandle {
+    /// The handle, while the device lives.
+    pub(crate) fn upgrade(&self) -> Option<IavfHandle> {
+        self.0.upgrade().map(|shared| IavfHandle { shared })
     }
 }
 

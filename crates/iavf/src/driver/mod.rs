@@ -52,6 +52,7 @@
 //! queue counts, ids) are the PF's to enforce, so a refusal surfaces as a typed status error.
 
 mod adminq;
+mod datapath;
 mod error;
 mod pci;
 mod queues;
@@ -1080,6 +1081,7 @@ impl IavfDriver {
                 memory: qm.mem.clone(),
                 tx_tail,
                 rx_tail,
+                ring: queues::RingState::new(p.ring_len),
             });
         }
         self.pairs = pairs;

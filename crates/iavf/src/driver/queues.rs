@@ -171,6 +171,34 @@ pub struct QueuePair {
     pub(crate) memory: DmaBuffer,
     pub(crate) tx_tail: u64,
     pub(crate) rx_tail: u64,
+    pub(crate) ring: RingState,
+}
+
+/// The data path's indexes into a pair's rings (see `driver::datapath`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RingState {
+    /// Next TX descriptor to fill.
+    pub(crate) tx_next: u32,
+    /// Oldest TX descriptor not known done.
+    pub(crate) tx_clean: u32,
+    /// For the first descriptor of each packet in flight, its last (EOP) descriptor.
+    pub(crate) tx_eop: Vec<u32>,
+    /// Next RX descriptor to look at.
+    pub(crate) rx_next: u32,
+    /// RX packets the device flagged with an error (dropped by the driver).
+    pub(crate) rx_errors: u64,
+}
+
+impl RingState {
+    pub(crate) fn new(ring_len: u16) -> Self {
+        RingState {
+            tx_next: 0,
+            tx_clean: 0,
+            tx_eop: vec![0; usize::from(ring_len)],
+            rx_next: 0,
+            rx_errors: 0,
+        }
+    }
 }
 
 impl QueuePair {
@@ -221,6 +249,15 @@ impl QueuePair {
     /// The RX tail written at bring-up: every descriptor but one posted (`ring_len - 1`).
     pub fn initial_rx_tail(&self) -> u32 {
         u32::from(self.plan.ring_len).saturating_sub(1)
+    }
+    /// TX descriptors handed to the device and not yet seen done.
+    pub fn tx_in_flight(&self) -> u32 {
+        let len = u32::from(self.plan.ring_len).max(1);
+        (self.ring.tx_next + len - self.ring.tx_clean) % len
+    }
+    /// RX packets the device wrote back with an error bit (dropped by `rx_burst`).
+    pub fn rx_errors(&self) -> u64 {
+        self.ring.rx_errors
     }
 }
 

@@ -1,0 +1,190 @@
+//! The RX ring engine: writes frames into the buffers of the descriptors the driver posted
+//! (`[head, QRX_TAIL)`), spanning descriptors when a frame is larger than one buffer, and writes
+//! the legacy 32-byte write-back with qword1 (DD, EOF, length) stored last, with release
+//! ordering.
+
+use std::sync::atomic::Ordering;
+
+use emudev_dma::{DmaProt, DmaTable, DmaWindow, Iova};
+
+use super::mem::BufCache;
+use super::Tally;
+use crate::spec::desc::{rx_error, rx_qword1, rx_status, RX_DESC32_SIZE};
+
+/// Packet type written back: 1, "L2 MAC, payload" in the legacy table (no parsing is done).
+pub const RX_PTYPE_L2: u8 = 1;
+
+/// Where a frame can go: an RX queue's burst, or nowhere.
+pub trait RxSink {
+    /// Delivers one frame; false if it was dropped (and counted).
+    fn deliver(&mut self, frame: &[u8]) -> bool;
+}
+
+/// A sink for a queue that is not ready: every frame is dropped and counted.
+#[derive(Debug)]
+pub struct Discard<'a>(pub &'a mut Tally);
+
+impl RxSink for Discard<'_> {
+    fn deliver(&mut self, _frame: &[u8]) -> bool {
+        self.0.drops += 1;
+        false
+    }
+}
+
+/// One RX queue's engine state. Owned by whoever polls the queue; no locks.
+#[derive(Debug, Clone)]
+pub struct RxEngine {
+    ring: u64,
+    len: u32,
+    head: u32,
+    tail: u32,
+    buf_size: u32,
+    max_frame: u32,
+}
+
+impl RxEngine {
+    /// An engine for the ring of `len` 32-byte descriptors at `ring`, buffers of `buf_size`
+    /// bytes, frames up to `max_frame` bytes; head and tail 0 (nothing posted).
+    pub fn new(ring: u64, len: u32, buf_size: u32, max_frame: u32) -> Self {
+        RxEngine {
+            ring,
+            len,
+            head: 0,
+            tail: 0,
+            buf_size,
+            max_frame,
+        }
+    }
+
+    /// The next descriptor the engine will fill.
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+
+    /// Descriptors posted and not yet used.
+    pub fn available(&self) -> u32 {
+        if self.len == 0 {
+            return 0;
+        }
+        (self.tail + self.len - self.head) % self.len
+    }
+
+    /// A new `QRX_TAIL`; refused (false, nothing changes) if it is beyond the ring.
+    pub fn set_tail(&mut self, tail: u32) -> bool {
+        if tail >= self.len {
+            return false;
+        }
+        self.tail = tail;
+        true
+    }
+
+    /// Starts a burst: the ring window is looked up once here.
+    pub fn burst<'a>(&'a mut self, dma: &'a DmaTable, tally: &'a mut Tally) -> RxBurst<'a> {
+        let bytes = u64::from(self.len) * RX_DESC32_SIZE as u64;
+        let ring = dma.window(Iova(self.ring), bytes, DmaProt::RW).ok();
+        RxBurst {
+            eng: self,
+            ring,
+            bufs: BufCache::new(dma, DmaProt::WRITE),
+            tally,
+            written: 0,
+        }
+    }
+}
+
+/// Frames going into one RX queue during one burst.
+pub struct RxBurst<'a> {
+    eng: &'a mut RxEngine,
+    ring: Option<DmaWindow>,
+    bufs: BufCache<'a>,
+    tally: &'a mut Tally,
+    written: usize,
+}
+
+impl std::fmt::Debug for RxBurst<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxBurst")
+            .field("eng", &self.eng)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RxBurst<'_> {
+    /// Frames written back (good or flagged with an error) so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+}
+
+impl RxSink for RxBurst<'_> {
+    fn deliver(&mut self, frame: &[u8]) -> bool {
+        let e = &mut *self.eng;
+        let max = if e.max_frame == 0 {
+            u32::MAX
+        } else {
+            e.max_frame
+        };
+        if frame.is_empty() || frame.len() > max as usize || e.buf_size == 0 {
+            self.tally.errors += 1;
+            return false;
+        }
+        let Some(ring) = self.ring.as_ref() else {
+            log::debug!("iavf rx: ring at {:#x} is not accessible", e.ring);
+            self.tally.errors += 1;
+            return false;
+        };
+        let bs = e.buf_size as usize;
+        let needed = frame.len().div_ceil(bs);
+        if needed > e.available() as usize {
+            self.tally.drops += 1;
+            return false;
+        }
+        // Data first, into every buffer of the chain.
+        let mut ok = true;
+        let mut idx = e.head;
+        for chunk in frame.chunks(bs) {
+            let off = u64::from(idx) * RX_DESC32_SIZE as u64;
+            match ring.load_u64(off, Ordering::Acquire) {
+                Ok(addr) => {
+                    if ok && self.bufs.write(u64::from_le(addr), chunk).is_err() {
+                        log::debug!("iavf rx: buffer {:#x} outside mapped memory", addr);
+                        ok = false;
+                    }
+                }
+                Err(_) => ok = false,
+            }
+            idx = (idx + 1) % e.len;
+        }
+        // Then the write-backs, qword1 last in each.
+        let mut idx = e.head;
+        let last = needed - 1;
+        for (i, chunk) in frame.chunks(bs).enumerate() {
+            let off = u64::from(idx) * RX_DESC32_SIZE as u64;
+            let mut status = rx_status::DD;
+            if i == last {
+                status |= rx_status::EOF;
+            }
+            let error = if ok { 0 } else { rx_error::RXE };
+            // chunk.len() <= buf_size <= 16 KiB - 128: fits the 14-bit length.
+            let q1 = rx_qword1(status, error, RX_PTYPE_L2, chunk.len() as u16);
+            let stored = ring
+                .store_u64(off, 0, Ordering::Relaxed)
+                .and_then(|()| ring.store_u64(off + 16, 0, Ordering::Relaxed))
+                .and_then(|()| ring.store_u64(off + 24, 0, Ordering::Relaxed))
+                .and_then(|()| ring.store_u64(off + 8, q1.to_le(), Ordering::Release));
+            if stored.is_err() {
+                ok = false;
+            }
+            idx = (idx + 1) % e.len;
+        }
+        e.head = idx;
+        self.written += 1;
+        if ok {
+            self.tally.count(frame);
+        } else {
+            self.tally.errors += 1;
+        }
+        ok
+    }
+}

@@ -1,0 +1,263 @@
+//! The driver's data path: [`IavfDriver::tx_burst`] and [`IavfDriver::rx_burst`] on a queue
+//! pair's rings and buffers in the driver's DMA memory.
+//!
+//! - TX: descriptor `i` always uses TX buffer `i`. A packet is copied into the buffers of as
+//!   many descriptors as it needs (a segment larger than a buffer is split); its last descriptor
+//!   carries `EOP|RS` (as Linux sets them). `QTX_TAIL` is written once per burst. Completed
+//!   descriptors are reclaimed when the device has written DESC_DONE into a packet's last
+//!   descriptor; every burst reclaims first.
+//! - RX: descriptor `i` always uses RX buffer `i`. A packet is taken once every descriptor of
+//!   its chain has DD (read with acquire ordering) and the last has EOF; its bytes are copied
+//!   out, the descriptors re-posted in read format, and `QRX_TAIL` is written once per burst to
+//!   the descriptor before the next one to look at (one slot always stays empty). Packets
+//!   written back with an error bit are dropped and counted ([`QueuePair::rx_errors`]).
+//!
+//! Tail writes wait for the server's reply, so with a synchronous device the packets a TX burst
+//! loops back are in the RX ring when `tx_burst` returns.
+
+use std::sync::atomic::Ordering;
+
+use super::{pci, DriverError, IavfDriver, QueuePair};
+use crate::spec::desc::{
+    dtype, rx_status, tx_cmd, RxDescRead, RxDescWb, TxDesc, RXD_QW1_LENGTH_PBUF_MASK,
+    RX_DESC32_SIZE, TXD_QW1_DTYPE_MASK, TX_DESC_SIZE,
+};
+
+/// Largest buffer size a TX descriptor can carry (14 bits).
+const TX_MAX_BUF: usize = 0x3FFF;
+
+impl IavfDriver {
+    fn pair_index(&self, queue: u16, what: &'static str) -> Result<usize, DriverError> {
+        self.pairs
+            .iter()
+            .position(|p| p.id() == queue)
+            .ok_or(DriverError::NotReady {
+                what,
+                state: self.state.name(),
+            })
+    }
+
+    /// Queues `packets` on TX queue `queue`: copies each into the pair's TX buffers, writes
+    /// its descriptors and rings `QTX_TAIL` once. Returns how many were queued: it stops at the
+    /// first empty packet or the first that does not fit the free descriptors.
+    pub fn tx_burst(&mut self, queue: u16, packets: &[&[u8]]) -> Result<usize, DriverError> {
+        self.tx_packets(queue, packets.iter().map(std::slice::from_ref))
+    }
+
+    /// Like [`IavfDriver::tx_burst`] with each packet given as segments: each segment starts a
+    /// new descriptor (a gathered packet), split further if larger than a buffer.
+    pub fn tx_burst_segments(
+        &mut self,
+        queue: u16,
+        packets: &[&[&[u8]]],
+    ) -> Result<usize, DriverError> {
+        self.tx_packets(queue, packets.iter().copied())
+    }
+
+    fn tx_packets<'a>(
+        &mut self,
+        queue: u16,
+        packets: impl Iterator<Item = &'a [&'a [u8]]>,
+    ) -> Result<usize, DriverError> {
+        let i = self.pair_index(queue, "tx_burst")?;
+        let p = &mut self.pairs[i];
+        tx_clean(p)?;
+        let len = u32::from(p.ring_len());
+        let chunk = (p.buffer_size() as usize).min(TX_MAX_BUF);
+        if len == 0 || chunk == 0 {
+            return Ok(0);
+        }
+        let mem = p.memory.memory();
+        let (ring, bufs) = (p.tx_ring(), p.tx_buffers());
+        let mut sent = 0;
+        for segs in packets {
+            let total: usize = segs.iter().map(|s| s.len()).sum();
+            let needed: usize = segs.iter().map(|s| s.len().div_ceil(chunk)).sum();
+            let free = (len - 1 - p.tx_in_flight()) as usize;
+            if total == 0 || needed > free {
+                break;
+            }
+            let first = p.ring.tx_next;
+            let mut idx = first;
+            let mut left = needed;
+            for piece in segs.iter().flat_map(|s| s.chunks(chunk)) {
+                left -= 1;
+                let (boff, biova) = bufs
+                    .element(u64::from(idx), u64::from(p.buffer_size()))
+                    .ok_or(DriverError::InvalidConfig(
+                        "TX buffer beyond its area".into(),
+                    ))?;
+                mem.write_at(boff, piece)?;
+                let cmd = if left == 0 {
+                    tx_cmd::EOP | tx_cmd::RS
+                } else {
+                    0
+                };
+                // piece.len() <= 0x3FFF.
+                let d = TxDesc::data(biova, piece.len() as u16, cmd, 0, 0);
+                mem.write_at(
+                    ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
+                    &d.encode(),
+                )?;
+                if left == 0 {
+                    p.ring.tx_eop[first as usize] = idx;
+                }
+                idx = (idx + 1) % len;
+            }
+            p.ring.tx_next = idx;
+            sent += 1;
+        }
+        if sent > 0 {
+            let (reg, tail) = (p.tx_tail_register(), p.ring.tx_next);
+            pci::wr32(&mut self.client, reg, tail)?;
+        }
+        Ok(sent)
+    }
+
+    /// Posts `descs` as one packet on TX queue `queue`, exactly as given (any address, any
+    /// type: for tests and tools), except that RS is set on the last one when it is a data
+    /// descriptor (so the driver can reclaim it). Rings `QTX_TAIL`. Returns false if the free
+    /// descriptors do not suffice (nothing is posted).
+    pub fn tx_post_raw(&mut self, queue: u16, descs: &[TxDesc]) -> Result<bool, DriverError> {
+        let i = self.pair_index(queue, "tx_post_raw")?;
+        let p = &mut self.pairs[i];
+        tx_clean(p)?;
+        let len = u32::from(p.ring_len());
+        if descs.is_empty() || len == 0 || descs.len() > (len - 1 - p.tx_in_flight()) as usize {
+            return Ok(false);
+        }
+        let mem = p.memory.memory();
+        let ring = p.tx_ring();
+        let first = p.ring.tx_next;
+        let mut idx = first;
+        for (k, d) in descs.iter().enumerate() {
+            let mut d = *d;
+            if k + 1 == descs.len() {
+                if d.dtype() == dtype::DATA {
+                    d = TxDesc::data(
+                        d.buffer_addr,
+                        d.buf_size(),
+                        d.cmd() | tx_cmd::RS,
+                        d.offset(),
+                        d.l2tag1(),
+                    );
+                }
+                p.ring.tx_eop[first as usize] = idx;
+            }
+            mem.write_at(
+                ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
+                &d.encode(),
+            )?;
+            idx = (idx + 1) % len;
+        }
+        p.ring.tx_next = idx;
+        let reg = p.tx_tail_register();
+        pci::wr32(&mut self.client, reg, idx)?;
+        Ok(true)
+    }
+
+    /// Reclaims TX descriptors the device marked done; returns how many are still in flight.
+    pub fn tx_complete(&mut self, queue: u16) -> Result<u32, DriverError> {
+        let i = self.pair_index(queue, "tx_complete")?;
+        let p = &mut self.pairs[i];
+        tx_clean(p)?;
+        Ok(p.tx_in_flight())
+    }
+
+    /// Takes up to `max` received packets from RX queue `queue` into `out` (appended), re-posts
+    /// their buffers and rings `QRX_TAIL` once. Returns how many were appended.
+    pub fn rx_burst(
+        &mut self,
+        queue: u16,
+        out: &mut Vec<Vec<u8>>,
+        max: usize,
+    ) -> Result<usize, DriverError> {
+        let i = self.pair_index(queue, "rx_burst")?;
+        let p = &mut self.pairs[i];
+        let len = u32::from(p.ring_len());
+        if len < 2 {
+            return Ok(0);
+        }
+        let mem = p.memory.memory();
+        let (ring, bufs, bs) = (p.rx_ring(), p.rx_buffers(), u64::from(p.buffer_size()));
+        let desc_off = |idx: u32| ring.offset + u64::from(idx) * RX_DESC32_SIZE as u64;
+        let mut idx = p.ring.rx_next;
+        let mut consumed = 0u32;
+        let mut got = 0;
+        while got < max && consumed < len - 1 {
+            // Find a complete chain: DD on every descriptor, EOF on the last.
+            let mut last = None;
+            for j in 0..len - 1 - consumed {
+                let q1 =
+                    u64::from_le(mem.load_u64(desc_off((idx + j) % len) + 8, Ordering::Acquire)?);
+                if q1 & rx_status::DD == 0 {
+                    break;
+                }
+                if q1 & rx_status::EOF != 0 {
+                    last = Some(j);
+                    break;
+                }
+            }
+            let Some(last) = last else {
+                break;
+            };
+            let mut pkt = Vec::new();
+            let mut error = false;
+            for j in 0..=last {
+                let d = (idx + j) % len;
+                let mut raw = [0u8; RX_DESC32_SIZE];
+                mem.read_at(desc_off(d), &mut raw)?;
+                let wb = RxDescWb::decode(&raw)
+                    .map_err(|_| DriverError::InvalidConfig("RX descriptor size".into()))?;
+                error |= wb.error() != 0;
+                let n = (u64::from(wb.pkt_len()) & RXD_QW1_LENGTH_PBUF_MASK).min(bs);
+                let (boff, biova) =
+                    bufs.element(u64::from(d), bs)
+                        .ok_or(DriverError::InvalidConfig(
+                            "RX buffer beyond its area".into(),
+                        ))?;
+                let start = pkt.len();
+                pkt.resize(start + n as usize, 0);
+                mem.read_at(boff, &mut pkt[start..])?;
+                // Re-post: read format, which also clears DD.
+                let post = RxDescRead {
+                    pkt_addr: biova,
+                    hdr_addr: 0,
+                };
+                mem.write_at(desc_off(d), &post.encode32())?;
+            }
+            idx = (idx + last + 1) % len;
+            consumed += last + 1;
+            if error {
+                p.ring.rx_errors += 1;
+            } else {
+                out.push(pkt);
+                got += 1;
+            }
+        }
+        if consumed > 0 {
+            p.ring.rx_next = idx;
+            let tail = (idx + len - 1) % len;
+            let reg = p.rx_tail_register();
+            pci::wr32(&mut self.client, reg, tail)?;
+        }
+        Ok(got)
+    }
+}
+
+/// Moves `tx_clean` past every packet whose last descriptor reads DESC_DONE.
+fn tx_clean(p: &mut QueuePair) -> Result<(), DriverError> {
+    let len = u32::from(p.ring_len());
+    let ring = p.tx_ring();
+    let mem = p.memory.memory();
+    while p.ring.tx_clean != p.ring.tx_next {
+        let last = p.ring.tx_eop[p.ring.tx_clean as usize];
+        let off = ring.offset + u64::from(last) * TX_DESC_SIZE as u64 + 8;
+        let q1 = u64::from_le(mem.load_u64(off, Ordering::Acquire)?);
+        if q1 & TXD_QW1_DTYPE_MASK != u64::from(dtype::DESC_DONE) {
+            break;
+        }
+        p.ring.tx_clean = (last + 1) % len;
+    }
+    Ok(())
+}
