@@ -253,3 +253,22 @@ fn queue_interrupts_follow_intena_and_queues_are_independent() {
     assert_eq!(rx_all(&mut poll, 0).len(), 1);
     assert_eq!(poll.handle.stats().irqs_raised, before);
 }
+
+#[test]
+fn rx_burst_into_reuses_the_callers_buffers() {
+    let mut vf = up(DriverConfig::default());
+    let frames = [frame(64, 1), frame(1500, 2), frame(200, 3)];
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(vf.d().tx_burst(0, &refs).expect("tx"), 3);
+    let mut bufs = vec![vec![0xEE; 4000], Vec::new()];
+    let cap = bufs[0].capacity();
+    assert_eq!(vf.d().rx_burst_into(0, &mut bufs).expect("rx"), 2);
+    assert_eq!(bufs, vec![frames[0].clone(), frames[1].clone()]);
+    assert_eq!(bufs[0].capacity(), cap, "no new allocation");
+    // The third: only bufs[0] changes.
+    assert_eq!(vf.d().rx_burst_into(0, &mut bufs).expect("rx"), 1);
+    assert_eq!(bufs[0], frames[2]);
+    assert_eq!(bufs[1], frames[1]);
+    assert_eq!(vf.d().rx_burst_into(0, &mut bufs).expect("rx"), 0);
+    assert_eq!(vf.d().rx_burst_into(0, &mut []).expect("rx"), 0);
+}

@@ -16,9 +16,19 @@
 //! burst. A descriptor whose buffer lies outside mapped memory drops its packet and counts an
 //! error; nothing panics on what the client wrote.
 //!
-//! Driving (this slice): synchronously from the trapped `QTX_TAIL` write, on the vfio-user
-//! server thread; `QRX_TAIL` writes only move the RX tail. After frames are written back the
-//! RX queue's vector is raised through [`IavfHandle::raise_queue_irq`] (gated by INTENA).
+//! Driving, two modes:
+//! - inline ([`attach`] on a device with trapped tails): synchronously from the trapped
+//!   `QTX_TAIL` write, on the vfio-user server thread; `QRX_TAIL` writes only move the RX tail.
+//! - polled ([`attach_polled`], and [`attach`] on a device with doorbell pages): one worker
+//!   thread polls every queue pair with bursts of [`BURST`], reading the tails from the
+//!   mmapped doorbell pages (or taking trapped tail writes). Idle, it spins, then yields, then
+//!   sleeps with a doubling interval up to [`PollConfig::max_sleep`]; it stops when the data
+//!   path is detached or the device closes. Each pair sits behind its own mutex, taken once
+//!   per burst (uncontended in steady state) and by the queue callbacks, so a stopped queue is
+//!   never touched afterwards.
+//!
+//! After frames are written back the RX queue's vector is raised through
+//! [`IavfHandle::raise_queue_irq`] (gated by INTENA), with the pair released.
 //!
 //! Counters: per queue ([`QueueStats`], [`DatapathStats`]) and the VSI's (`GET_STATS`),
 //! added once per burst.
@@ -27,10 +37,13 @@ mod mem;
 mod rx;
 mod tx;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use emudev::{DataPathProvider, DeviceView, MemTableView, ProviderError, ProviderKind, QueueInfo};
+use emudev::{
+    DataPathProvider, DeviceView, DoorbellMem, MemTableView, ProviderError, ProviderKind, QueueInfo,
+};
 use emudev_dma::DmaTable;
 use thiserror::Error;
 
@@ -204,6 +217,33 @@ pub struct PairEngine {
     rx: Option<RxEngine>,
     rx_vector: Option<u16>,
     counters: Arc<QueueCounters>,
+    /// The TX and RX tails' words on the mmapped doorbell pages, when the device has them.
+    bells: Option<(DoorbellMem, DoorbellMem)>,
+}
+
+/// What one burst did, to be published (counters, GET_STATS, the RX vector) after the pair
+/// is released.
+#[derive(Debug, Default)]
+struct BurstOutcome {
+    done: usize,
+    tx: Tally,
+    rx: Tally,
+    raise: Option<u16>,
+}
+
+impl BurstOutcome {
+    fn publish(&self, counters: &QueueCounters, device: &WeakIavfHandle) {
+        if self.tx == Tally::default() && self.rx == Tally::default() {
+            return;
+        }
+        counters.add(&self.tx, &self.rx);
+        if let Some(dev) = device.upgrade() {
+            add_vsi(dev.vsi_stats(), &self.tx, &self.rx);
+            if let Some(v) = self.raise {
+                dev.raise_queue_irq(v);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PairEngine {
@@ -222,11 +262,38 @@ impl PairEngine {
     /// TX packets were completed (sent or dropped). Counters are added and the RX vector is
     /// raised once, at the end.
     pub fn poll(&mut self, budget: usize) -> usize {
+        let out = self.burst(budget);
+        out.publish(&self.counters, &self.device);
+        out.done
+    }
+
+    /// Reads the tails from the doorbell pages (when the device has them): a tail beyond the
+    /// ring is ignored, as a trapped one is.
+    fn refresh_tails(&mut self) {
+        let Some((txb, rxb)) = self.bells.as_ref() else {
+            return;
+        };
         let Some(tx) = self.tx.as_mut() else {
-            return 0;
+            return;
+        };
+        if let Ok(v) = txb.read() {
+            tx.set_tail(u32::try_from(v).unwrap_or(u32::MAX));
+        }
+        if tx.pending() == 0 {
+            return;
+        }
+        if let (Some(rx), Ok(v)) = (self.rx.as_mut(), rxb.read()) {
+            rx.set_tail(u32::try_from(v).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// One burst without publishing anything.
+    fn burst(&mut self, budget: usize) -> BurstOutcome {
+        let Some(tx) = self.tx.as_mut() else {
+            return BurstOutcome::default();
         };
         if tx.pending() == 0 {
-            return 0;
+            return BurstOutcome::default();
         }
         let mut txt = Tally::default();
         let mut rxt = Tally::default();
@@ -248,16 +315,12 @@ impl PairEngine {
                 (done, 0)
             }
         };
-        self.counters.add(&txt, &rxt);
-        if let Some(dev) = self.device.upgrade() {
-            add_vsi(dev.vsi_stats(), &txt, &rxt);
-            if written > 0 {
-                if let Some(v) = self.rx_vector {
-                    dev.raise_queue_irq(v);
-                }
-            }
+        BurstOutcome {
+            done,
+            tx: txt,
+            rx: rxt,
+            raise: if written > 0 { self.rx_vector } else { None },
         }
-        done
     }
 
     /// The TX engine, while the TX queue is enabled.
@@ -309,12 +372,94 @@ pub enum AttachDatapathError {
     Provider(#[from] ProviderError),
 }
 
+/// How a polled data path's worker runs.
+#[derive(Clone)]
+pub struct PollConfig {
+    /// Empty polls spent spinning before the worker starts yielding, then sleeping.
+    pub spin_polls: u32,
+    /// Empty polls spent yielding the CPU after the spin, before sleeping.
+    pub yield_polls: u32,
+    /// The longest sleep between polls of an idle data path (the sleep doubles from 1 µs up to
+    /// this). Also bounds how long a stopped worker takes to notice.
+    pub max_sleep: Duration,
+    /// Called on the worker thread when it starts (to pin it to a CPU, say).
+    pub on_start: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            spin_polls: 20_000,
+            yield_polls: 1_000,
+            max_sleep: Duration::from_millis(1),
+            on_start: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PollConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollConfig")
+            .field("spin_polls", &self.spin_polls)
+            .field("yield_polls", &self.yield_polls)
+            .field("max_sleep", &self.max_sleep)
+            .field("on_start", &self.on_start.is_some())
+            .finish()
+    }
+}
+
+impl PollConfig {
+    /// How long the worker waits before its `idle`-th consecutive empty poll (`None`: spin or
+    /// yield instead of sleeping).
+    fn sleep_for(&self, idle: u32) -> Option<Duration> {
+        let spun = self.spin_polls.saturating_add(self.yield_polls);
+        if idle <= spun {
+            return None;
+        }
+        let shift = (idle - spun - 1).min(20);
+        Some(Duration::from_micros(1u64 << shift).min(self.max_sleep))
+    }
+}
+
+/// How the attached data path is driven.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// From the trapped `QTX_TAIL` write, on the server thread.
+    Inline,
+    /// By a worker thread polling every queue pair.
+    Polled(PollConfig),
+}
+
 /// Attaches a software data path with `backend` to the device behind `handle` (after
 /// [`crate::IavfDevice::serve`], which binds the DMA table). Queues enabled from then on are
 /// serviced. Returns the per-queue counters.
+///
+/// On a device with trapped tails the data path runs synchronously from the `QTX_TAIL` write;
+/// on one with doorbell pages ([`crate::IavfConfig::doorbell_pages`]) nobody is told about a
+/// tail write, so this attaches a polled data path ([`attach_polled`], default [`PollConfig`]).
 pub fn attach(
     handle: &IavfHandle,
     backend: Arc<dyn Backend>,
+) -> Result<DatapathStats, AttachDatapathError> {
+    attach_mode(handle, backend, None)
+}
+
+/// Attaches a software data path driven by one worker thread that polls every queue pair
+/// (reading the tails from the doorbell pages when the device has them, else taking the
+/// trapped tail writes), backing off when idle as `poll` says. The worker stops when the data
+/// path is detached or the device closes.
+pub fn attach_polled(
+    handle: &IavfHandle,
+    backend: Arc<dyn Backend>,
+    poll: PollConfig,
+) -> Result<DatapathStats, AttachDatapathError> {
+    attach_mode(handle, backend, Some(poll))
+}
+
+fn attach_mode(
+    handle: &IavfHandle,
+    backend: Arc<dyn Backend>,
+    poll: Option<PollConfig>,
 ) -> Result<DatapathStats, AttachDatapathError> {
     let pairs = handle.snapshot().tx.len();
     let queues: Arc<[Arc<QueueCounters>]> = (0..pairs)
@@ -324,20 +469,113 @@ pub fn attach(
         device: handle.downgrade(),
         backend,
         counters: queues.clone(),
+        mode: poll.map_or(Mode::Inline, Mode::Polled),
         dma: None,
-        pairs: Vec::new(),
+        pairs: Arc::from(Vec::new()),
+        worker: None,
     };
     handle.emu().attach_provider(Box::new(provider))?;
     Ok(DatapathStats { queues })
 }
 
-/// The provider: one [`PairEngine`] per queue pair, driven from the TX doorbell.
+/// The polling worker's handle: its stop flag and thread.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    running: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn(pairs: Arc<[Mutex<PairEngine>]>, cfg: PollConfig) -> std::io::Result<Worker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicBool::new(true));
+        let (s, r) = (stop.clone(), running.clone());
+        let thread = std::thread::Builder::new()
+            .name("iavf-datapath".into())
+            .spawn(move || {
+                if let Some(f) = cfg.on_start.as_ref() {
+                    f();
+                }
+                poll_loop(&pairs, &cfg, &s);
+                r.store(false, Ordering::Release);
+            })?;
+        Ok(Worker {
+            stop,
+            running,
+            thread,
+        })
+    }
+
+    /// Tells the worker to stop and waits a bounded time for it (it may be waiting for a lock
+    /// the caller holds; then it finishes on its own right after).
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        let end = Instant::now() + Duration::from_millis(100);
+        while self.running.load(Ordering::Acquire) && Instant::now() < end {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        if !self.running.load(Ordering::Acquire) {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// The worker: polls every pair; after a run of empty polls spins, then yields, then sleeps
+/// with a doubling interval. Counters and interrupts are published with the pair released.
+fn poll_loop(pairs: &[Mutex<PairEngine>], cfg: &PollConfig, stop: &AtomicBool) {
+    let mut idle: u32 = 0;
+    while !stop.load(Ordering::Acquire) {
+        let mut work = 0;
+        for slot in pairs {
+            let (out, counters, device) = {
+                let mut p = lock(slot);
+                p.refresh_tails();
+                let out = p.burst(BURST);
+                if out.tx == Tally::default() && out.rx == Tally::default() {
+                    continue;
+                }
+                (out, p.counters.clone(), p.device.clone())
+            };
+            work += out.done;
+            out.publish(&counters, &device);
+        }
+        if work > 0 {
+            idle = 0;
+            continue;
+        }
+        idle = idle.saturating_add(1);
+        match cfg.sleep_for(idle) {
+            Some(d) => std::thread::park_timeout(d),
+            None if idle > cfg.spin_polls => std::thread::yield_now(),
+            None => std::hint::spin_loop(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The provider: one [`PairEngine`] per queue pair, driven from the TX doorbell (inline) or
+/// by a worker (polled). Each pair sits behind its own mutex, taken once per burst and by the
+/// queue callbacks, so a queue stopped here is never touched by the worker afterwards.
 struct IavfDatapath {
     device: WeakIavfHandle,
     backend: Arc<dyn Backend>,
     counters: Arc<[Arc<QueueCounters>]>,
+    mode: Mode,
     dma: Option<Arc<DmaTable>>,
-    pairs: Vec<PairEngine>,
+    pairs: Arc<[Mutex<PairEngine>]>,
+    worker: Option<Worker>,
+}
+
+impl Drop for IavfDatapath {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+    }
 }
 
 /// Which pair and direction an emudev queue is: `(pair, is_tx)`.
@@ -348,9 +586,16 @@ fn decode_queue(id: emudev::QueueId) -> Option<(u16, bool)> {
 }
 
 impl IavfDatapath {
-    fn pair(&mut self, q: u16) -> Option<&mut PairEngine> {
-        self.pairs.get_mut(usize::from(q))
+    fn pair(&self, q: u16) -> Option<MutexGuard<'_, PairEngine>> {
+        self.pairs.get(usize::from(q)).map(lock)
     }
+}
+
+/// The doorbell-page words of pair `q`'s tails, if the device put them on pages.
+fn bells(dev: &DeviceView, q: u16) -> Option<(DoorbellMem, DoorbellMem)> {
+    let tx = dev.get_db_info(queue_ids::tx_doorbell(q)).ok()?.mem?;
+    let rx = dev.get_db_info(queue_ids::rx_doorbell(q)).ok()?.mem?;
+    Some((tx, rx))
 }
 
 impl DataPathProvider for IavfDatapath {
@@ -364,12 +609,16 @@ impl DataPathProvider for IavfDatapath {
                 "a software data path needs the whole DMA table".into(),
             ));
         };
+        let pages = bells(&dev, 0).is_some();
+        if pages && matches!(self.mode, Mode::Inline) {
+            self.mode = Mode::Polled(PollConfig::default());
+        }
         self.dma = Some(dma.clone());
-        self.pairs = (0..self.counters.len())
+        let pairs: Vec<Mutex<PairEngine>> = (0..self.counters.len())
             .map(|q| {
                 // q < the device's queue count (<= 16).
                 let q16 = q as u16;
-                PairEngine {
+                Mutex::new(PairEngine {
                     queue: q16,
                     dma: dma.clone(),
                     device: self.device.clone(),
@@ -378,13 +627,27 @@ impl DataPathProvider for IavfDatapath {
                     rx: None,
                     rx_vector: None,
                     counters: self.counters[q].clone(),
-                }
+                    bells: bells(&dev, q16),
+                })
             })
             .collect();
+        self.pairs = Arc::from(pairs);
+        if let Mode::Polled(cfg) = &self.mode {
+            let w = Worker::spawn(self.pairs.clone(), cfg.clone()).map_err(|e| {
+                ProviderError::Rejected(format!("cannot start the data-path worker: {e}"))
+            })?;
+            self.worker = Some(w);
+        }
         log::debug!(
-            "iavf {}: {} data path attached",
+            "iavf {}: {} data path attached ({}, {} tails)",
             dev.name(),
-            self.backend.name()
+            self.backend.name(),
+            if self.worker.is_some() {
+                "polled"
+            } else {
+                "inline"
+            },
+            if pages { "mmapped" } else { "trapped" }
         );
         Ok(())
     }
@@ -400,7 +663,7 @@ impl DataPathProvider for IavfDatapath {
         if is_tx {
             let mut tx = TxEngine::new(info.base.0, info.size);
             tx.set_tail(tails.0);
-            if let Some(p) = self.pair(q) {
+            if let Some(mut p) = self.pair(q) {
                 p.tx = Some(tx);
             }
         } else {
@@ -416,7 +679,7 @@ impl DataPathProvider for IavfDatapath {
             let mut rx = RxEngine::new(info.base.0, info.size, state.databuffer_size, max);
             rx.set_tail(tails.1);
             let vector = info.irq_vector.and_then(|v| u16::try_from(v).ok());
-            if let Some(p) = self.pair(q) {
+            if let Some(mut p) = self.pair(q) {
                 p.rx = Some(rx);
                 p.rx_vector = vector;
             }
@@ -431,7 +694,7 @@ impl DataPathProvider for IavfDatapath {
         let Some((q, is_tx)) = decode_queue(info.id) else {
             return;
         };
-        if let Some(p) = self.pair(q) {
+        if let Some(mut p) = self.pair(q) {
             if is_tx {
                 p.tx = None;
             } else {
@@ -445,18 +708,20 @@ impl DataPathProvider for IavfDatapath {
         let Some((q, is_tx)) = decode_queue(info.id) else {
             return;
         };
-        let Some(p) = self.pair(q) else {
-            return;
-        };
-        let tail = u32::try_from(value).unwrap_or(u32::MAX);
-        let accepted = if is_tx {
-            p.tx.as_mut().is_some_and(|t| t.set_tail(tail))
-        } else {
-            p.rx.as_mut().is_some_and(|r| r.set_tail(tail))
-        };
-        if !accepted {
-            log::debug!("iavf: queue {q} tail {value:#x} beyond the ring, ignored");
-            return;
+        {
+            let Some(mut p) = self.pair(q) else {
+                return;
+            };
+            let tail = u32::try_from(value).unwrap_or(u32::MAX);
+            let accepted = if is_tx {
+                p.tx.as_mut().is_some_and(|t| t.set_tail(tail))
+            } else {
+                p.rx.as_mut().is_some_and(|r| r.set_tail(tail))
+            };
+            if !accepted {
+                log::debug!("iavf: queue {q} tail {value:#x} beyond the ring, ignored");
+                return;
+            }
         }
         if is_tx {
             self.drive(q);
@@ -464,15 +729,22 @@ impl DataPathProvider for IavfDatapath {
     }
 
     fn detach(&mut self) {
-        self.pairs.clear();
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        self.pairs = Arc::from(Vec::new());
         self.dma = None;
     }
 }
 
 impl IavfDatapath {
-    /// Polls pair `q` until its TX ring is empty (bounded by one pass over the ring).
-    fn drive(&mut self, q: u16) {
-        let Some(p) = self.pair(q) else {
+    /// Inline mode: polls pair `q` until its TX ring is empty (bounded by one pass over the
+    /// ring). Polled mode: the worker will.
+    fn drive(&self, q: u16) {
+        if self.worker.is_some() {
+            return;
+        }
+        let Some(mut p) = self.pair(q) else {
             return;
         };
         let len = p.tx.as_ref().map_or(0, |t| t.pending() as usize);

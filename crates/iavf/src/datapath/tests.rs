@@ -228,3 +228,25 @@ fn queue_ids_decode_to_pairs() {
     assert_eq!(decode_queue(queue_ids::ATQ), None);
     assert_eq!(decode_queue(queue_ids::ARQ), None);
 }
+
+#[test]
+fn idle_back_off_spins_then_yields_then_sleeps_longer_up_to_the_cap() {
+    let cfg = PollConfig {
+        spin_polls: 10,
+        yield_polls: 5,
+        max_sleep: std::time::Duration::from_micros(100),
+        on_start: None,
+    };
+    assert_eq!(cfg.sleep_for(1), None);
+    assert_eq!(
+        cfg.sleep_for(15),
+        None,
+        "spin and yield phases do not sleep"
+    );
+    let us = |idle| cfg.sleep_for(idle).map(|d| d.as_micros());
+    assert_eq!(us(16), Some(1));
+    assert_eq!(us(17), Some(2));
+    assert_eq!(us(20), Some(16));
+    assert_eq!(us(23), Some(100), "capped");
+    assert_eq!(us(u32::MAX), Some(100), "never back to spinning while idle");
+}

@@ -7,8 +7,9 @@
 //! into the device.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
 
-use emudev::{AttrValue, QueueConfig, QueueId, QueueKind};
+use emudev::{AttrValue, QueueConfig, QueueId, QueueKind, RegionMapping};
 use emudev_dma::Iova;
 use emudev_pci::{FireOutcome, IrqSink, MsixTable};
 use emudev_vfio_user::DeviceContext;
@@ -237,6 +238,9 @@ pub(crate) struct Core {
     itrn1: [[u32; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
     tx_tail: [u32; MAX_QUEUE_PAIRS as usize],
     rx_tail: [u32; MAX_QUEUE_PAIRS as usize],
+    /// With doorbell pages: BAR0's mmapped tail pages, where the tails really live (a client's
+    /// mmapped stores land there; trapped writes are copied there).
+    tail_page: Option<RegionMapping>,
     pub(crate) rss: Rss,
     pub(crate) vf: VfState,
     pub(crate) link_up: bool,
@@ -267,6 +271,7 @@ impl Core {
             itrn1: [[0; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
             tx_tail: [0; MAX_QUEUE_PAIRS as usize],
             rx_tail: [0; MAX_QUEUE_PAIRS as usize],
+            tail_page: None,
             rss: Rss::new(queues),
             vf: VfState::new(queues, mac),
             link_up: true,
@@ -300,7 +305,34 @@ impl Core {
     /// `QTX_TAIL1(q)` and `QRX_TAIL1(q)` as last written, for a data path taking over a queue.
     pub(crate) fn tails(&self, q: u16) -> Option<(u32, u32)> {
         let i = usize::from(q);
-        Some((*self.tx_tail.get(i)?, *self.rx_tail.get(i)?))
+        let (tx, rx) = (*self.tx_tail.get(i)?, *self.rx_tail.get(i)?);
+        if self.tail_page.is_some() {
+            let page = |off: Option<u64>| off.and_then(|o| self.page_load(o));
+            return Some((
+                page(qtx_tail(q)).unwrap_or(tx),
+                page(qrx_tail(q)).unwrap_or(rx),
+            ));
+        }
+        Some((tx, rx))
+    }
+
+    /// Keeps the tails on `page` (BAR0's mmapped doorbell pages) from now on.
+    pub(crate) fn set_tail_page(&mut self, page: RegionMapping) {
+        self.tail_page = Some(page);
+    }
+
+    /// A tail word on the doorbell pages (acquire), if they exist and hold `off`.
+    fn page_load(&self, off: u64) -> Option<u32> {
+        let (mem, o) = self.tail_page.as_ref()?.area_at(off, 4)?;
+        mem.load_u32(o, Ordering::Acquire).ok().map(u32::from_le)
+    }
+
+    /// Stores a tail word on the doorbell pages (release), if they exist and hold `off`.
+    fn page_store(&self, off: u64, v: u32) {
+        if let Some((mem, o)) = self.tail_page.as_ref().and_then(|p| p.area_at(off, 4)) {
+            // Inside the area by construction: cannot fail.
+            let _ = mem.store_u32(o, v.to_le(), Ordering::Release);
+        }
     }
 
     // ----- registers ---------------------------------------------------------------------------
@@ -308,10 +340,10 @@ impl Core {
     /// A 4-byte register read at `off` (aligned, inside BAR0). Unknown offsets read 0.
     pub(crate) fn reg_read(&mut self, off: u64) -> u32 {
         if let Some(q) = qtx_tail_index(off) {
-            return self.tx_tail[usize::from(q)];
+            return self.page_load(off).unwrap_or(self.tx_tail[usize::from(q)]);
         }
         if let Some(q) = qrx_tail_index(off) {
-            return self.rx_tail[usize::from(q)];
+            return self.page_load(off).unwrap_or(self.rx_tail[usize::from(q)]);
         }
         if let Some((i, n)) = itrn1_index(off) {
             return self.itrn1[i][n];
@@ -356,10 +388,12 @@ impl Core {
     pub(crate) fn reg_write(&mut self, io: &mut Io, off: u64, v: u32) {
         if let Some(q) = qtx_tail_index(off) {
             self.tx_tail[usize::from(q)] = v;
+            self.page_store(off, v);
             return;
         }
         if let Some(q) = qrx_tail_index(off) {
             self.rx_tail[usize::from(q)] = v;
+            self.page_store(off, v);
             return;
         }
         if let Some((i, n)) = itrn1_index(off) {
@@ -746,6 +780,11 @@ impl Core {
         self.itrn1 = [[0; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize];
         self.tx_tail = [0; MAX_QUEUE_PAIRS as usize];
         self.rx_tail = [0; MAX_QUEUE_PAIRS as usize];
+        for q in 0..MAX_QUEUE_PAIRS {
+            for off in [qtx_tail(q), qrx_tail(q)].into_iter().flatten() {
+                self.page_store(off, 0);
+            }
+        }
         io.vsi_stats.clear();
         // Linux's reset task waits for VFACTIVE (only its probe path also accepts COMPLETED);
         // i40e ends every VF reset by writing VFACTIVE.

@@ -165,6 +165,12 @@ pub struct IavfConfig {
     /// MTU ([`MTU_RANGE`]); GET_VF_RESOURCES reports the frame size `mtu + L2_OVERHEAD` as
     /// `max_mtu`.
     pub mtu: u16,
+    /// Put `QTX_TAIL`/`QRX_TAIL` on mmappable doorbell pages (BAR0 0x0000-0x0fff and
+    /// 0x2000-0x2fff, sparse-mmap areas of the region) instead of trapping them. A client that
+    /// mmaps them writes tails with plain stores that a polling data path reads
+    /// ([`crate::datapath::attach_polled`]); trapped writes from clients that do not mmap
+    /// still land in the same words. Off by default.
+    pub doorbell_pages: bool,
 }
 
 /// Why an [`IavfConfig`] is refused.
@@ -223,7 +229,14 @@ impl IavfConfig {
             queues: 1,
             mac: derived_mac(name),
             mtu: 1500,
+            doorbell_pages: false,
         }
+    }
+
+    /// With the queue tails on mmappable doorbell pages ([`IavfConfig::doorbell_pages`]).
+    pub fn with_doorbell_pages(mut self, on: bool) -> Self {
+        self.doorbell_pages = on;
+        self
     }
 
     /// With `queues` pairs.

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use emudev::{
-    AttrSpec, AttrValue, BuildError, Doorbell, EmuDev, EmuDevConf, EmuEvent, EventSink,
-    LifecycleError, NotifyError, QueueError, Region, SubscriptionId, VfioUserAdapter,
+    memfd_backing, AttrSpec, AttrValue, BuildError, Doorbell, EmuDev, EmuDevConf, EmuEvent,
+    EventSink, LifecycleError, NotifyError, QueueError, Region, RegionError, SubscriptionId,
+    VfioUserAdapter, PAGE_SIZE,
 };
 use emudev_dma::DmaMapInfo;
 use emudev_pci::{
@@ -26,7 +27,9 @@ use emudev_pci::{
     PciFunction, PciIds, PcieSpec, ValidateLayoutError,
 };
 use emudev_vfio_user::server::{Server, ServerBindError, ServerConfig};
-use emudev_vfio_user::{Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo};
+use emudev_vfio_user::{
+    Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo, SparseArea,
+};
 use thiserror::Error;
 
 use super::core::{Core, EmuOp, Io};
@@ -36,7 +39,7 @@ use super::{
     IAVF_DEVICE_ID, IAVF_REVISION, IAVF_SUBSYSTEM_ID, IAVF_SUBSYSTEM_VENDOR_ID, IAVF_VENDOR_ID,
     MSIX_BAR, MSIX_BAR_SIZE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET,
 };
-use crate::spec::regs::{qrx_tail, qtx_tail, VF_ARQT1, VF_ATQT1};
+use crate::spec::regs::{qrx_tail, qtx_tail, QRX_TAIL1_BASE, QTX_TAIL1_BASE, VF_ARQT1, VF_ATQT1};
 
 /// Why [`IavfDevice::new`] failed.
 #[derive(Debug, Error)]
@@ -62,7 +65,16 @@ pub enum CreateIavfError {
     /// The device could not subscribe to its own events.
     #[error("emudev events: {0}")]
     Subscribe(#[from] NotifyError),
+    /// The memory behind the doorbell pages could not be created.
+    #[error("doorbell pages: {0}")]
+    DoorbellPages(std::io::Error),
+    /// The doorbell pages could not be mapped (a bug).
+    #[error("doorbell pages: {0}")]
+    MapDoorbellPages(#[from] RegionError),
 }
+
+/// The backing file of the doorbell pages covers BAR0 up to the end of the RX tail page.
+const DOORBELL_PAGES_END: u64 = QRX_TAIL1_BASE + PAGE_SIZE;
 
 /// What raising a queue interrupt did ([`IavfHandle::raise_queue_irq`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,9 +441,34 @@ fn pci_config(cfg: &IavfConfig) -> Result<ConfigSpace, CreateIavfError> {
 }
 
 fn emu_model(cfg: &IavfConfig) -> Result<EmuDev, CreateIavfError> {
+    let bar0 = if cfg.doorbell_pages {
+        let fd = memfd_backing(&format!("{}-bar0", cfg.name), DOORBELL_PAGES_END)
+            .map_err(CreateIavfError::DoorbellPages)?;
+        let area = |offset| SparseArea {
+            offset,
+            size: PAGE_SIZE,
+        };
+        Region::sparse(
+            0,
+            "bar0",
+            BAR0_SIZE,
+            fd,
+            0,
+            vec![area(QTX_TAIL1_BASE), area(QRX_TAIL1_BASE)],
+        )
+    } else {
+        Region::trapped(0, "bar0", BAR0_SIZE)
+    };
+    let tail_db = |off| {
+        if cfg.doorbell_pages {
+            Doorbell::mem(0, off)
+        } else {
+            Doorbell::trapped(0, off)
+        }
+    };
     let mut b = EmuDev::builder(&cfg.name, "iavf")
         .max_queues(queue_ids::slots(crate::spec::regs::MAX_QUEUE_PAIRS))
-        .region(Region::trapped(0, "bar0", BAR0_SIZE))
+        .region(bar0)
         .doorbell(
             queue_ids::ATQ_DOORBELL,
             Doorbell::trapped(0, VF_ATQT1).with_width(4),
@@ -444,14 +481,8 @@ fn emu_model(cfg: &IavfConfig) -> Result<EmuDev, CreateIavfError> {
         // q < 16: both registers exist.
         if let (Some(tx), Some(rx)) = (qtx_tail(q), qrx_tail(q)) {
             b = b
-                .doorbell(
-                    queue_ids::tx_doorbell(q),
-                    Doorbell::trapped(0, tx).with_width(4),
-                )
-                .doorbell(
-                    queue_ids::rx_doorbell(q),
-                    Doorbell::trapped(0, rx).with_width(4),
-                );
+                .doorbell(queue_ids::tx_doorbell(q), tail_db(tx).with_width(4))
+                .doorbell(queue_ids::rx_doorbell(q), tail_db(rx).with_width(4));
         }
     }
     let emu = b
@@ -489,13 +520,17 @@ impl IavfDevice {
             .msix_capability()
             .ok_or(CreateIavfError::Layout(ValidateLayoutError::MsixMismatch))?;
         let emu = emu_model(&config)?;
+        let mut core = Core::new(config.queues, config.mac, config.mtu);
+        if config.doorbell_pages {
+            core.set_tail_page(emu.region_map("bar0")?);
+        }
         let shared = Arc::new(Shared {
             emu: emu.clone(),
             msix: MsixTable::new(cap, MsixMaskMode::Auto),
             counters: Counters::default(),
             vsi_stats: VsiStats::default(),
             bus_master: AtomicBool::new(false),
-            core: Mutex::new(Core::new(config.queues, config.mac, config.mtu)),
+            core: Mutex::new(core),
             opq: Mutex::new(OpQueue::default()),
         });
         let weak = Arc::downgrade(&shared);

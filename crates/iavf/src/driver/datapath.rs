@@ -12,8 +12,11 @@
 //!   the descriptor before the next one to look at (one slot always stays empty). Packets
 //!   written back with an error bit are dropped and counted ([`QueuePair::rx_errors`]).
 //!
-//! Tail writes wait for the server's reply, so with a synchronous device the packets a TX burst
-//! loops back are in the RX ring when `tx_burst` returns.
+//! Tail writes are trapped REGION_WRITEs that wait for the server's reply, so with a
+//! synchronous (inline) data path the packets a TX burst loops back are in the RX ring when
+//! `tx_burst` returns. After [`IavfDriver::map_doorbells`] on a device with doorbell pages, a
+//! tail write is a plain store into the mmapped page (posted: no message, no wait), preceded by
+//! a release fence so the descriptors are visible first; the device's worker polls it.
 
 use std::sync::atomic::Ordering;
 
@@ -27,6 +30,20 @@ use crate::spec::desc::{
 const TX_MAX_BUF: usize = 0x3FFF;
 
 impl IavfDriver {
+    /// mmaps the device's doorbell pages (the sparse-mmap areas of BAR0) if it offers them;
+    /// from then on `QTX_TAIL`/`QRX_TAIL` writes are stores into shared memory. Returns whether
+    /// anything was mapped (false: the device traps its tails, writes stay messages).
+    pub fn map_doorbells(&mut self) -> Result<bool, DriverError> {
+        Ok(self.client.map_region(pci::BAR0_REGION)? > 0)
+    }
+
+    /// Writes a tail register after a release fence (descriptors first, then the tail).
+    fn write_tail(&mut self, reg: u64, tail: u32) -> Result<(), DriverError> {
+        std::sync::atomic::fence(Ordering::Release);
+        pci::wr32(&mut self.client, reg, tail)?;
+        Ok(())
+    }
+
     fn pair_index(&self, queue: u16, what: &'static str) -> Result<usize, DriverError> {
         self.pairs
             .iter()
@@ -84,9 +101,9 @@ impl IavfDriver {
                 left -= 1;
                 let (boff, biova) = bufs
                     .element(u64::from(idx), u64::from(p.buffer_size()))
-                    .ok_or(DriverError::InvalidConfig(
-                        "TX buffer beyond its area".into(),
-                    ))?;
+                    .ok_or_else(|| {
+                        DriverError::InvalidConfig("TX buffer beyond its area".into())
+                    })?;
                 mem.write_at(boff, piece)?;
                 let cmd = if left == 0 {
                     tx_cmd::EOP | tx_cmd::RS
@@ -109,7 +126,7 @@ impl IavfDriver {
         }
         if sent > 0 {
             let (reg, tail) = (p.tx_tail_register(), p.ring.tx_next);
-            pci::wr32(&mut self.client, reg, tail)?;
+            self.write_tail(reg, tail)?;
         }
         Ok(sent)
     }
@@ -152,7 +169,7 @@ impl IavfDriver {
         }
         p.ring.tx_next = idx;
         let reg = p.tx_tail_register();
-        pci::wr32(&mut self.client, reg, idx)?;
+        self.write_tail(reg, idx)?;
         Ok(true)
     }
 
@@ -170,6 +187,27 @@ impl IavfDriver {
         &mut self,
         queue: u16,
         out: &mut Vec<Vec<u8>>,
+        max: usize,
+    ) -> Result<usize, DriverError> {
+        self.rx_packets(queue, RxOut::Append(out), max)
+    }
+
+    /// Like [`IavfDriver::rx_burst`], but packet `k` of the burst replaces the contents of
+    /// `bufs[k]` (their capacity is reused: no allocation once they are large enough); at most
+    /// `bufs.len()` packets. Returns how many of `bufs` were filled.
+    pub fn rx_burst_into(
+        &mut self,
+        queue: u16,
+        bufs: &mut [Vec<u8>],
+    ) -> Result<usize, DriverError> {
+        let max = bufs.len();
+        self.rx_packets(queue, RxOut::Fill(bufs), max)
+    }
+
+    fn rx_packets(
+        &mut self,
+        queue: u16,
+        mut out: RxOut<'_>,
         max: usize,
     ) -> Result<usize, DriverError> {
         let i = self.pair_index(queue, "rx_burst")?;
@@ -201,7 +239,7 @@ impl IavfDriver {
             let Some(last) = last else {
                 break;
             };
-            let mut pkt = Vec::new();
+            let pkt = out.slot(got);
             let mut error = false;
             for j in 0..=last {
                 let d = (idx + j) % len;
@@ -211,11 +249,9 @@ impl IavfDriver {
                     .map_err(|_| DriverError::InvalidConfig("RX descriptor size".into()))?;
                 error |= wb.error() != 0;
                 let n = (u64::from(wb.pkt_len()) & RXD_QW1_LENGTH_PBUF_MASK).min(bs);
-                let (boff, biova) =
-                    bufs.element(u64::from(d), bs)
-                        .ok_or(DriverError::InvalidConfig(
-                            "RX buffer beyond its area".into(),
-                        ))?;
+                let (boff, biova) = bufs.element(u64::from(d), bs).ok_or_else(|| {
+                    DriverError::InvalidConfig("RX buffer beyond its area".into())
+                })?;
                 let start = pkt.len();
                 pkt.resize(start + n as usize, 0);
                 mem.read_at(boff, &mut pkt[start..])?;
@@ -229,9 +265,9 @@ impl IavfDriver {
             idx = (idx + last + 1) % len;
             consumed += last + 1;
             if error {
+                out.discard();
                 p.ring.rx_errors += 1;
             } else {
-                out.push(pkt);
                 got += 1;
             }
         }
@@ -239,9 +275,42 @@ impl IavfDriver {
             p.ring.rx_next = idx;
             let tail = (idx + len - 1) % len;
             let reg = p.rx_tail_register();
-            pci::wr32(&mut self.client, reg, tail)?;
+            self.write_tail(reg, tail)?;
         }
         Ok(got)
+    }
+}
+
+/// Where received packets go.
+enum RxOut<'a> {
+    /// Appended to the vector.
+    Append(&'a mut Vec<Vec<u8>>),
+    /// Into the given buffers, in order.
+    Fill(&'a mut [Vec<u8>]),
+}
+
+impl RxOut<'_> {
+    /// The (empty) buffer for packet `k` of the burst (`k` < the burst's `max`).
+    fn slot(&mut self, k: usize) -> &mut Vec<u8> {
+        match self {
+            RxOut::Append(v) => {
+                v.push(Vec::new());
+                let last = v.len() - 1;
+                &mut v[last]
+            }
+            RxOut::Fill(b) => {
+                let s = &mut b[k];
+                s.clear();
+                s
+            }
+        }
+    }
+
+    /// Forgets the packet last put in a slot (it had an error).
+    fn discard(&mut self) {
+        if let RxOut::Append(v) = self {
+            v.pop();
+        }
     }
 }
 
