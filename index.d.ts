@@ -578,6 +578,11 @@ export interface IavfServerOptions {
   mac?: string
   /** MTU, 68 to 9702. */
   mtu?: number
+  /**
+   * Offer the TX/RX tail registers as mmappable doorbell pages (BAR0 pages 0x0000 and
+   * 0x2000); trapped tail writes keep working for clients that do not map them.
+   */
+  doorbellPages?: boolean
 }
 
 /** What `start()` and `reset()` resolve with. */

@@ -209,16 +209,17 @@ const IAVF_MAC_HEX = 0x020000000001
  * The iavf scenario (guest/scenarios/iavf.sh) against a VF with `queues`
  * queue pairs; the guest gets as many CPUs (see {@link Scenario.cpus}).
  */
-function iavfScenario(name: string, queues: number): Scenario {
+function iavfScenario(name: string, queues: number, doorbellPages = false): Scenario {
   const id = 'iavf0'
   return {
     name,
     description:
-      `Linux iavf driver on emu_iavf (8086:1889, ${queues} queue pair${queues === 1 ? '' : 's'}, mac=${IAVF_MAC}):` +
+      `Linux iavf driver on emu_iavf (8086:1889, ${queues} queue pair${queues === 1 ? '' : 's'}, mac=${IAVF_MAC}` +
+      `${doorbellPages ? ', tail registers on mmapped doorbell pages' : ''}):` +
       ' probe, virtchnl, link, MTU, rmmod/insmod',
     cpus: queues,
     modules: ['iavf'],
-    devices: [iavfDevice(id, { queues, mac: IAVF_MAC, mtu: 1500 })],
+    devices: [iavfDevice(id, { queues, mac: IAVF_MAC, mtu: 1500, doorbellPages })],
     guest: [
       decimal('found', 1),
       decimal('bound', 1),
@@ -398,6 +399,9 @@ const SCENARIOS: readonly Scenario[] = [
   },
   iavfScenario('iavf', 1),
   iavfScenario('iavf4', 4),
+  // QEMU maps the sparse doorbell pages of BAR0 into the guest: the driver's tail stores reach
+  // the device's memory without a message.
+  iavfScenario('iavf-db', 1, true),
 ]
 
 // ---------------------------------------------------------------------------

@@ -207,6 +207,9 @@ pub struct JsIavfServerOptions {
     pub mac: Option<String>,
     /// MTU, 68 to 9702.
     pub mtu: Option<f64>,
+    /// Offer the TX/RX tail registers as mmappable doorbell pages (BAR0 pages 0x0000 and
+    /// 0x2000); trapped tail writes keep working for clients that do not map them.
+    pub doorbell_pages: Option<bool>,
 }
 
 /// The default instance name of `listenIavf`.
@@ -229,6 +232,9 @@ pub(crate) fn iavf_config(options: &JsIavfServerOptions) -> Result<IavfConfig, N
     }
     if let Some(mac) = &options.mac {
         config.set("mac", mac).map_err(config_error)?;
+    }
+    if let Some(on) = options.doorbell_pages {
+        config = config.with_doorbell_pages(on);
     }
     config.validate().map_err(config_error)?;
     Ok(config)
@@ -690,11 +696,13 @@ mod tests {
             queues: Some(16.0),
             mac: Some("02:11:22:33:44:55".into()),
             mtu: Some(9702.0),
+            doorbell_pages: Some(true),
         })
         .expect("all options");
         assert_eq!(c.name, "emu_iavf3");
         assert_eq!((c.queues, c.mtu), (16, 9702));
         assert_eq!(c.mac, [2, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        assert!(c.doorbell_pages);
     }
 
     #[test]
