@@ -13,13 +13,13 @@
 //! non-zero, signalled again on an acknowledge that leaves bits set). Like QEMU's model, edu
 //! does not gate its DMA on the command register's bus-master bit.
 
-use emudev_dma::{DmaAccessError, DmaMapInfo, Iova};
+use emudev_dma::{DmaAccessError, Iova};
 use emudev_pci::{
     BarSpec, ConfigKind, ConfigSpace, InterruptPin, MsiSpec, PciDevice,
     PciFunction, PciIds,
 };
 use emudev_vfio_user::irq::{INTX, MSI};
-use emudev_vfio_user::{Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo};
+use emudev_vfio_user::{DeviceContext, Errno};
 use thiserror::Error;
 
 use crate::regs::*;
@@ -463,71 +463,12 @@ impl PciFunction for Edu {
 
 }
 
-impl Device for EduDevice {
-    fn info(&self) -> DeviceInfo {
-        self.pci.info()
-    }
-
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.pci.region_info(index)
-    }
-
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        self.pci.irq_info(index)
-    }
-
-    fn region_read(
-        &mut self,
-        ctx: &DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), Errno> {
-        self.pci.region_read(ctx, index, offset, data)
-    }
-
-    fn region_write(
-        &mut self,
-        ctx: &DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), Errno> {
-        self.pci.region_write(ctx, index, offset, data)
-    }
-
-    fn reset(&mut self, ctx: &DeviceContext) -> Result<(), Errno> {
-        self.pci.reset(ctx)
-    }
-
-    fn region_io_fds(&self, index: u32) -> Option<Vec<IoEventFd>> {
-        self.pci.region_io_fds(index)
-    }
-
-    fn client_connected(&mut self, ctx: &DeviceContext) {
-        self.pci.client_connected(ctx);
-    }
-
-    fn client_disconnected(&mut self, ctx: &DeviceContext) {
-        self.pci.client_disconnected(ctx);
-    }
-
-    fn dma_mapped(&mut self, ctx: &DeviceContext, map: &DmaMapInfo) {
-        self.pci.dma_mapped(ctx, map);
-    }
-
-    fn dma_unmapped(&mut self, ctx: &DeviceContext, map: &DmaMapInfo) {
-        self.pci.dma_unmapped(ctx, map);
-    }
-
-    fn irqs_changed(&mut self, ctx: &DeviceContext, index: u32) {
-        self.pci.irqs_changed(ctx, index);
-    }
-}
+emudev_vfio_user::delegate_device!(EduDevice => pci);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use emudev_vfio_user::{Device, IrqInfo};
     use emudev_dma::{DmaLimits, DmaMapRequest, DmaProt, DmaTable};
     use emudev_pci::regs::{PCI_COMMAND_INTX_DISABLE, PCI_STATUS_INTERRUPT};
     use emudev_vfio_user::irq::IrqTable;

@@ -163,3 +163,87 @@ pub trait Device: Send {
         Err(Errno::INVAL)
     }
 }
+
+/// Implements [`Device`] for a type by forwarding every method to one of its fields, itself a
+/// [`Device`] (typically a `emudev_pci::PciDevice` the type wraps with extra accessors).
+///
+/// ```ignore
+/// emudev_vfio_user::delegate_device!(EduDevice => pci);
+/// ```
+#[macro_export]
+macro_rules! delegate_device {
+    ($ty:ty => $field:ident) => {
+        impl $crate::Device for $ty {
+            fn info(&self) -> $crate::DeviceInfo {
+                self.$field.info()
+            }
+            fn region_info(&self, index: u32) -> Option<$crate::RegionInfo> {
+                self.$field.region_info(index)
+            }
+            fn irq_info(&self, index: u32) -> Option<$crate::IrqInfo> {
+                self.$field.irq_info(index)
+            }
+            fn region_read(
+                &mut self,
+                ctx: &$crate::DeviceContext,
+                index: u32,
+                offset: u64,
+                data: &mut [u8],
+            ) -> Result<(), $crate::Errno> {
+                self.$field.region_read(ctx, index, offset, data)
+            }
+            fn region_write(
+                &mut self,
+                ctx: &$crate::DeviceContext,
+                index: u32,
+                offset: u64,
+                data: &[u8],
+            ) -> Result<(), $crate::Errno> {
+                self.$field.region_write(ctx, index, offset, data)
+            }
+            fn reset(&mut self, ctx: &$crate::DeviceContext) -> Result<(), $crate::Errno> {
+                self.$field.reset(ctx)
+            }
+            fn region_io_fds(&self, index: u32) -> Option<Vec<$crate::IoEventFd>> {
+                self.$field.region_io_fds(index)
+            }
+            fn client_connected(&mut self, ctx: &$crate::DeviceContext) {
+                self.$field.client_connected(ctx)
+            }
+            fn client_disconnected(&mut self, ctx: &$crate::DeviceContext) {
+                self.$field.client_disconnected(ctx)
+            }
+            fn dma_mapped(&mut self, ctx: &$crate::DeviceContext, map: &$crate::DmaMapInfo) {
+                self.$field.dma_mapped(ctx, map)
+            }
+            fn dma_unmapped(&mut self, ctx: &$crate::DeviceContext, map: &$crate::DmaMapInfo) {
+                self.$field.dma_unmapped(ctx, map)
+            }
+            fn irqs_changed(&mut self, ctx: &$crate::DeviceContext, index: u32) {
+                self.$field.irqs_changed(ctx, index)
+            }
+            fn device_feature(
+                &mut self,
+                ctx: &$crate::DeviceContext,
+                flags: u32,
+                data: &[u8],
+            ) -> Result<Vec<u8>, $crate::Errno> {
+                self.$field.device_feature(ctx, flags, data)
+            }
+            fn mig_data_read(
+                &mut self,
+                ctx: &$crate::DeviceContext,
+                size: u32,
+            ) -> Result<Vec<u8>, $crate::Errno> {
+                self.$field.mig_data_read(ctx, size)
+            }
+            fn mig_data_write(
+                &mut self,
+                ctx: &$crate::DeviceContext,
+                data: &[u8],
+            ) -> Result<(), $crate::Errno> {
+                self.$field.mig_data_write(ctx, data)
+            }
+        }
+    };
+}

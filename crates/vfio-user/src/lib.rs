@@ -18,6 +18,7 @@ pub mod server;
 pub mod transport;
 pub mod wire;
 
+pub use emudev_dma::DmaMapInfo;
 pub use device::{
     Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo, RegionMmap,
     SparseArea,

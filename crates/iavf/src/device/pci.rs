@@ -20,7 +20,6 @@ use emudev::{
     EventSink, LifecycleError, NotifyError, QueueError, Region, RegionError, SubscriptionId,
     VfioUserAdapter, PAGE_SIZE,
 };
-use emudev_dma::DmaMapInfo;
 use emudev_pci::{
     default_config_write, default_reset, AddBarError, AddCapabilityError, BarSpec, ConfigKind,
     ConfigSpace, FireOutcome, InterruptPin, MsixMaskMode, MsixSpec, MsixTable, PciDevice,
@@ -28,7 +27,7 @@ use emudev_pci::{
 };
 use emudev_vfio_user::server::{Server, ServerBindError, ServerConfig};
 use emudev_vfio_user::{
-    Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo, SparseArea,
+    DeviceContext, Errno, SparseArea,
 };
 use thiserror::Error;
 
@@ -616,81 +615,4 @@ impl Drop for IavfDevice {
     }
 }
 
-impl Device for IavfDevice {
-    fn info(&self) -> DeviceInfo {
-        self.adapter.info()
-    }
-
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.adapter.region_info(index)
-    }
-
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        self.adapter.irq_info(index)
-    }
-
-    fn region_read(
-        &mut self,
-        ctx: &DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), Errno> {
-        self.adapter.region_read(ctx, index, offset, data)
-    }
-
-    fn region_write(
-        &mut self,
-        ctx: &DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), Errno> {
-        self.adapter.region_write(ctx, index, offset, data)
-    }
-
-    fn reset(&mut self, ctx: &DeviceContext) -> Result<(), Errno> {
-        self.adapter.reset(ctx)
-    }
-
-    fn region_io_fds(&self, index: u32) -> Option<Vec<IoEventFd>> {
-        self.adapter.region_io_fds(index)
-    }
-
-    fn client_connected(&mut self, ctx: &DeviceContext) {
-        self.adapter.client_connected(ctx);
-    }
-
-    fn client_disconnected(&mut self, ctx: &DeviceContext) {
-        self.adapter.client_disconnected(ctx);
-    }
-
-    fn dma_mapped(&mut self, ctx: &DeviceContext, map: &DmaMapInfo) {
-        self.adapter.dma_mapped(ctx, map);
-    }
-
-    fn dma_unmapped(&mut self, ctx: &DeviceContext, map: &DmaMapInfo) {
-        self.adapter.dma_unmapped(ctx, map);
-    }
-
-    fn irqs_changed(&mut self, ctx: &DeviceContext, index: u32) {
-        self.adapter.irqs_changed(ctx, index);
-    }
-
-    fn device_feature(
-        &mut self,
-        ctx: &DeviceContext,
-        flags: u32,
-        data: &[u8],
-    ) -> Result<Vec<u8>, Errno> {
-        self.adapter.device_feature(ctx, flags, data)
-    }
-
-    fn mig_data_read(&mut self, ctx: &DeviceContext, size: u32) -> Result<Vec<u8>, Errno> {
-        self.adapter.mig_data_read(ctx, size)
-    }
-
-    fn mig_data_write(&mut self, ctx: &DeviceContext, data: &[u8]) -> Result<(), Errno> {
-        self.adapter.mig_data_write(ctx, data)
-    }
-}
+emudev_vfio_user::delegate_device!(IavfDevice => adapter);
