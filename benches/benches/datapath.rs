@@ -1,5 +1,5 @@
-//! Data-path benchmark: the client driver forwards in io mode (`rx_burst`, then `tx_burst` of
-//! the same frames) against the emulated VF's software data path with the `loopback` back-end,
+//! Data-path benchmark: the client driver forwards in io mode ([`IavfDriver::forward`], zero
+//! copy: received buffers are posted back on TX as they are) against the emulated VF's software data path with the `loopback` back-end,
 //! so every packet goes client TX -> device TX engine -> loopback -> device RX engine -> client
 //! RX, over and over. Default mode: tails on mmapped doorbell pages (the driver stores, the
 //! device's worker thread polls); `EMUDEV_BENCH_MODE=trapped`: trapped tail writes served
@@ -23,12 +23,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emudev_benches::{median, pin_to_cpu};
 use emudev_iavf::datapath::{self, Loopback, PollConfig};
-use emudev_iavf::driver::{DriverConfig, IavfDriver};
+use emudev_iavf::driver::{DriverConfig, FwdConfig, FwdCounters, FwdMode, IavfDriver};
 use emudev_iavf::{IavfConfig, IavfDevice};
 use emudev_vfio_user::server::ServerConfig;
 
@@ -91,51 +92,30 @@ fn run_once(dir: &Path, n: usize, size: usize, secs: u64, pin: bool, mmap: bool)
     let link = d.bring_up(&cfg).expect("bring-up");
     assert!(link.up, "link down");
 
-    // Inject: 16 bursts of 32 unicast frames.
-    let mut frame = vec![0u8; size];
-    for (i, b) in frame.iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    frame[0] = 0x02;
-    for _ in 0..INJECT_BURSTS {
-        let refs = [frame.as_slice(); BURST];
-        let mut sent = 0;
-        while sent < BURST {
-            sent += d.tx_burst(0, &refs[sent..]).expect("inject");
-        }
-    }
-
-    // io forwarding: what comes in goes back out (buffers reused, no allocation per packet).
-    let mut rx: Vec<Vec<u8>> = (0..BURST).map(|_| Vec::with_capacity(2048)).collect();
-    let mut forward = |d: &mut IavfDriver| -> usize {
-        let got = d.rx_burst_into(0, &mut rx).expect("rx_burst");
-        if got > 0 {
-            let mut refs: [&[u8]; BURST] = [&[]; BURST];
-            for (r, b) in refs.iter_mut().zip(&rx[..got]) {
-                *r = b.as_slice();
-            }
-            let mut sent = 0;
-            while sent < got {
-                sent += d.tx_burst(0, &refs[sent..got]).expect("tx_burst");
-            }
-        }
-        got
+    // testpmd `start tx_first 16`: 16 bursts of 32 frames, then io forwarding (zero copy: the
+    // received buffers go back out as they are). A warm-up call, then the measured one.
+    let counters = FwdCounters::default();
+    let stop = AtomicBool::new(false);
+    let mut fwd = FwdConfig {
+        mode: FwdMode::Io,
+        burst: BURST,
+        tx_first: INJECT_BURSTS,
+        frame_len: size,
+        deadline: Some(Instant::now() + WARMUP),
+        ..FwdConfig::default()
     };
-    let end = Instant::now() + WARMUP;
-    while Instant::now() < end {
-        forward(&mut d);
-    }
-    let window = Duration::from_secs(secs);
+    d.forward(&fwd, &counters, &stop).expect("warm-up");
+    let before = counters.snapshot();
+    fwd.tx_first = 0;
     let start = Instant::now();
-    let mut packets = 0u64;
-    'measure: loop {
-        // The clock is read every 64 bursts.
-        for _ in 0..64 {
-            packets += forward(&mut d) as u64;
-        }
-        if start.elapsed() >= window {
-            break 'measure;
-        }
+    fwd.deadline = Some(start + Duration::from_secs(secs));
+    let after = d.forward(&fwd, &counters, &stop).expect("forward");
+    let packets = after.rx_packets - before.rx_packets;
+    if after.tx_dropped > 0 {
+        println!(
+            "    (client dropped {} packets: TX ring full)",
+            after.tx_dropped
+        );
     }
     let rate = packets as f64 / start.elapsed().as_secs_f64();
     let s = stats.total();

@@ -1,16 +1,24 @@
 //! The driver's data path: [`IavfDriver::tx_burst`] and [`IavfDriver::rx_burst`] on a queue
 //! pair's rings and buffers in the driver's DMA memory.
 //!
-//! - TX: descriptor `i` always uses TX buffer `i`. A packet is copied into the buffers of as
-//!   many descriptors as it needs (a segment larger than a buffer is split); its last descriptor
-//!   carries `EOP|RS` (as Linux sets them). `QTX_TAIL` is written once per burst. Completed
-//!   descriptors are reclaimed when the device has written DESC_DONE into a packet's last
-//!   descriptor; every burst reclaims first.
-//! - RX: descriptor `i` always uses RX buffer `i`. A packet is taken once every descriptor of
-//!   its chain has DD (read with acquire ordering) and the last has EOF; its bytes are copied
-//!   out, the descriptors re-posted in read format, and `QRX_TAIL` is written once per burst to
-//!   the descriptor before the next one to look at (one slot always stays empty). Packets
-//!   written back with an error bit are dropped and counted ([`QueuePair::rx_errors`]).
+//! Buffers come from a per-pair pool of `2 * ring_len` buffers (the pair's RX and TX areas):
+//! each RX descriptor holds one, each TX descriptor in flight holds one until the device marks
+//! its packet done, and the rest are free.
+//!
+//! - TX: a packet is copied into pool buffers, as many descriptors as it needs (a segment larger
+//!   than a buffer is split); its last descriptor carries `EOP|RS` (as Linux sets them).
+//!   `QTX_TAIL` is written once per burst. Completed descriptors are reclaimed (and their
+//!   buffers freed) when the device has written DESC_DONE into a packet's last descriptor;
+//!   every burst reclaims first.
+//! - RX: a packet is taken once every descriptor of its chain has DD (read with acquire
+//!   ordering) and the last has EOF; its bytes are copied out, the descriptors re-posted in read
+//!   format, and `QRX_TAIL` is written once per burst to the descriptor before the next one to
+//!   look at (one slot always stays empty). Packets written back with an error bit are dropped
+//!   and counted ([`QueuePair::rx_errors`]).
+//! - Zero copy ([`IavfDriver::rx_burst_segs`], [`IavfDriver::tx_burst_segs`]): received packets
+//!   are handed out as [`Seg`]s (pool buffer, length, end of packet) and their descriptors
+//!   re-posted with free pool buffers; segments go back out on TX as they are, so forwarding
+//!   (`driver::fwd`) touches no packet bytes.
 //!
 //! Tail writes are trapped REGION_WRITEs that wait for the server's reply, so with a
 //! synchronous (inline) data path the packets a TX burst loops back are in the RX ring when
@@ -20,6 +28,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::queues::NO_BUF;
 use super::{pci, DriverError, IavfDriver, QueuePair};
 use crate::spec::desc::{
     dtype, rx_status, tx_cmd, RxDescRead, RxDescWb, TxDesc, RXD_QW1_LENGTH_PBUF_MASK,
@@ -85,13 +94,13 @@ impl IavfDriver {
             return Ok(0);
         }
         let mem = p.memory.memory();
-        let (ring, bufs) = (p.tx_ring(), p.tx_buffers());
+        let ring = p.tx_ring();
         let mut sent = 0;
         for segs in packets {
             let total: usize = segs.iter().map(|s| s.len()).sum();
             let needed: usize = segs.iter().map(|s| s.len().div_ceil(chunk)).sum();
             let free = (len - 1 - p.tx_in_flight()) as usize;
-            if total == 0 || needed > free {
+            if total == 0 || needed > free || needed > p.ring.free.len() {
                 break;
             }
             let first = p.ring.tx_next;
@@ -99,11 +108,12 @@ impl IavfDriver {
             let mut left = needed;
             for piece in segs.iter().flat_map(|s| s.chunks(chunk)) {
                 left -= 1;
-                let (boff, biova) = bufs
-                    .element(u64::from(idx), u64::from(p.buffer_size()))
-                    .ok_or_else(|| {
-                        DriverError::InvalidConfig("TX buffer beyond its area".into())
-                    })?;
+                // `needed` buffers are free (checked above).
+                let buf = p.ring.free.pop().unwrap_or(NO_BUF);
+                let (boff, biova) = p.buffer(buf).ok_or_else(|| {
+                    DriverError::InvalidConfig("TX buffer beyond its area".into())
+                })?;
+                p.ring.tx_buf[idx as usize] = buf;
                 mem.write_at(boff, piece)?;
                 let cmd = if left == 0 {
                     tx_cmd::EOP | tx_cmd::RS
@@ -217,7 +227,7 @@ impl IavfDriver {
             return Ok(0);
         }
         let mem = p.memory.memory();
-        let (ring, bufs, bs) = (p.rx_ring(), p.rx_buffers(), u64::from(p.buffer_size()));
+        let (ring, bs) = (p.rx_ring(), u64::from(p.buffer_size()));
         let desc_off = |idx: u32| ring.offset + u64::from(idx) * RX_DESC32_SIZE as u64;
         let mut idx = p.ring.rx_next;
         let mut consumed = 0u32;
@@ -249,7 +259,7 @@ impl IavfDriver {
                     .map_err(|_| DriverError::InvalidConfig("RX descriptor size".into()))?;
                 error |= wb.error() != 0;
                 let n = (u64::from(wb.pkt_len()) & RXD_QW1_LENGTH_PBUF_MASK).min(bs);
-                let (boff, biova) = bufs.element(u64::from(d), bs).ok_or_else(|| {
+                let (boff, biova) = p.buffer(p.ring.rx_buf[d as usize]).ok_or_else(|| {
                     DriverError::InvalidConfig("RX buffer beyond its area".into())
                 })?;
                 let start = pkt.len();
@@ -278,6 +288,228 @@ impl IavfDriver {
             self.write_tail(reg, tail)?;
         }
         Ok(got)
+    }
+}
+
+/// One buffer of a packet in the zero-copy API: a pool buffer of the queue pair, the bytes
+/// used in it, and whether it ends its packet. A packet is a run of segments, the last with
+/// `eop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seg {
+    /// The pool buffer ([`QueuePair::buffer`]).
+    pub buf: u32,
+    /// Bytes used, from the buffer's start.
+    pub len: u16,
+    /// Last segment of its packet.
+    pub eop: bool,
+}
+
+impl IavfDriver {
+    /// Takes up to `max` received packets from RX queue `queue` without copying them: their
+    /// segments are appended to `out` (each packet a run ending with `eop`) and now belong to
+    /// the caller, who sends them ([`IavfDriver::tx_burst_segs`]) or frees them
+    /// ([`IavfDriver::free_segs`]). The descriptors are re-posted with free pool buffers, so a
+    /// packet is taken only while the pool has enough; `QRX_TAIL` is written once. Returns
+    /// the number of packets appended.
+    pub fn rx_burst_segs(
+        &mut self,
+        queue: u16,
+        out: &mut Vec<Seg>,
+        max: usize,
+    ) -> Result<usize, DriverError> {
+        let i = self.pair_index(queue, "rx_burst_segs")?;
+        let p = &mut self.pairs[i];
+        let len = u32::from(p.ring_len());
+        if len < 2 {
+            return Ok(0);
+        }
+        let mem = p.memory.memory();
+        let ring = p.rx_ring();
+        let bs = p.buffer_size();
+        let desc_off = |idx: u32| ring.offset + u64::from(idx) * RX_DESC32_SIZE as u64;
+        let mut idx = p.ring.rx_next;
+        let mut consumed = 0u32;
+        let mut got = 0;
+        while got < max && consumed < len - 1 {
+            let mut chain = 0u32;
+            let mut lens = [0u16; 8];
+            let mut error = false;
+            let mut complete = false;
+            while chain < len - 1 - consumed {
+                let q1 = u64::from_le(
+                    mem.load_u64(desc_off((idx + chain) % len) + 8, Ordering::Acquire)?,
+                );
+                if q1 & rx_status::DD == 0 {
+                    break;
+                }
+                let wb = RxDescWb {
+                    status_error_len: q1,
+                    ..RxDescWb::default()
+                };
+                error |= wb.error() != 0;
+                let n = (u64::from(wb.pkt_len()) & RXD_QW1_LENGTH_PBUF_MASK).min(u64::from(bs));
+                if let Some(l) = lens.get_mut(chain as usize) {
+                    // n <= buffer size <= 16 KiB.
+                    *l = n as u16;
+                } else {
+                    error = true;
+                }
+                chain += 1;
+                if q1 & rx_status::EOF != 0 {
+                    complete = true;
+                    break;
+                }
+            }
+            if !complete || (chain as usize) > p.ring.free.len() {
+                break;
+            }
+            for j in 0..chain {
+                let d = ((idx + j) % len) as usize;
+                // `chain` buffers are free (checked above).
+                let fresh = p.ring.free.pop().unwrap_or(NO_BUF);
+                let (_, biova) = p.buffer(fresh).ok_or_else(|| {
+                    DriverError::InvalidConfig("pool buffer beyond its area".into())
+                })?;
+                let taken = std::mem::replace(&mut p.ring.rx_buf[d], fresh);
+                let post = RxDescRead {
+                    pkt_addr: biova,
+                    hdr_addr: 0,
+                };
+                mem.write_at(desc_off(d as u32), &post.encode32())?;
+                if error {
+                    p.ring.free.push(taken);
+                } else {
+                    out.push(Seg {
+                        buf: taken,
+                        len: lens[j as usize],
+                        eop: j + 1 == chain,
+                    });
+                }
+            }
+            idx = (idx + chain) % len;
+            consumed += chain;
+            if error {
+                p.ring.rx_errors += 1;
+            } else {
+                got += 1;
+            }
+        }
+        if consumed > 0 {
+            p.ring.rx_next = idx;
+            let tail = (idx + len - 1) % len;
+            let reg = p.rx_tail_register();
+            self.write_tail(reg, tail)?;
+        }
+        Ok(got)
+    }
+
+    /// Queues whole packets given as segments on TX queue `queue`, without copying: each
+    /// segment becomes a descriptor pointing at its pool buffer (owned by the ring until the
+    /// device marks the packet done). Stops at the first packet that does not fit the free
+    /// descriptors; rings `QTX_TAIL` once. Returns the number of segments consumed (whole
+    /// packets): the rest still belong to the caller. An empty or unknown buffer fails with
+    /// `InvalidConfig` before anything is posted for its packet.
+    pub fn tx_burst_segs(&mut self, queue: u16, segs: &[Seg]) -> Result<usize, DriverError> {
+        let i = self.pair_index(queue, "tx_burst_segs")?;
+        let p = &mut self.pairs[i];
+        tx_clean(p)?;
+        let len = u32::from(p.ring_len());
+        if len == 0 {
+            return Ok(0);
+        }
+        let mem = p.memory.memory();
+        let ring = p.tx_ring();
+        let mut used = 0;
+        while used < segs.len() {
+            let n = segs[used..]
+                .iter()
+                .position(|s| s.eop)
+                .map_or(segs.len() - used, |k| k + 1);
+            let pkt = &segs[used..used + n];
+            if n > (len - 1 - p.tx_in_flight()) as usize {
+                break;
+            }
+            let first = p.ring.tx_next;
+            let mut idx = first;
+            for (k, s) in pkt.iter().enumerate() {
+                let (_, biova) = p.buffer(s.buf).filter(|_| s.len > 0).ok_or_else(|| {
+                    DriverError::InvalidConfig(format!("segment {s:?} is not a pool buffer"))
+                })?;
+                let last = k + 1 == n;
+                let cmd = if last { tx_cmd::EOP | tx_cmd::RS } else { 0 };
+                let d = TxDesc::data(biova, s.len.min(TX_MAX_BUF as u16), cmd, 0, 0);
+                mem.write_at(
+                    ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
+                    &d.encode(),
+                )?;
+                p.ring.tx_buf[idx as usize] = s.buf;
+                if last {
+                    p.ring.tx_eop[first as usize] = idx;
+                }
+                idx = (idx + 1) % len;
+            }
+            p.ring.tx_next = idx;
+            used += n;
+        }
+        if used > 0 {
+            let (reg, tail) = (p.tx_tail_register(), p.ring.tx_next);
+            self.write_tail(reg, tail)?;
+        }
+        Ok(used)
+    }
+
+    /// Returns segments the caller holds to queue `queue`'s pool.
+    pub fn free_segs(&mut self, queue: u16, segs: &[Seg]) -> Result<(), DriverError> {
+        let i = self.pair_index(queue, "free_segs")?;
+        let p = &mut self.pairs[i];
+        let size = p.pool_size();
+        p.ring
+            .free
+            .extend(segs.iter().map(|s| s.buf).filter(|&b| b < size));
+        Ok(())
+    }
+
+    /// Takes a free pool buffer of queue `queue` (None: the pool is empty); reclaims completed
+    /// TX descriptors first.
+    pub fn alloc_buf(&mut self, queue: u16) -> Result<Option<u32>, DriverError> {
+        let i = self.pair_index(queue, "alloc_buf")?;
+        let p = &mut self.pairs[i];
+        tx_clean(p)?;
+        Ok(p.ring.free.pop())
+    }
+
+    /// Copies `data` into pool buffer `buf` of queue `queue` at `offset`.
+    pub fn write_buf(
+        &self,
+        queue: u16,
+        buf: u32,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<(), DriverError> {
+        let p = &self.pairs[self.pair_index(queue, "write_buf")?];
+        let (off, _) = p
+            .buffer(buf)
+            .filter(|_| offset as usize + data.len() <= p.buffer_size() as usize)
+            .ok_or_else(|| DriverError::InvalidConfig(format!("buffer {buf} range")))?;
+        p.memory.memory().write_at(off + u64::from(offset), data)?;
+        Ok(())
+    }
+
+    /// Copies bytes from pool buffer `buf` of queue `queue` at `offset` into `out`.
+    pub fn read_buf(
+        &self,
+        queue: u16,
+        buf: u32,
+        offset: u32,
+        out: &mut [u8],
+    ) -> Result<(), DriverError> {
+        let p = &self.pairs[self.pair_index(queue, "read_buf")?];
+        let (off, _) = p
+            .buffer(buf)
+            .filter(|_| offset as usize + out.len() <= p.buffer_size() as usize)
+            .ok_or_else(|| DriverError::InvalidConfig(format!("buffer {buf} range")))?;
+        p.memory.memory().read_at(off + u64::from(offset), out)?;
+        Ok(())
     }
 }
 
@@ -314,7 +546,8 @@ impl RxOut<'_> {
     }
 }
 
-/// Moves `tx_clean` past every packet whose last descriptor reads DESC_DONE.
+/// Moves `tx_clean` past every packet whose last descriptor reads DESC_DONE, returning the
+/// pool buffers of its descriptors.
 fn tx_clean(p: &mut QueuePair) -> Result<(), DriverError> {
     let len = u32::from(p.ring_len());
     let ring = p.tx_ring();
@@ -325,6 +558,17 @@ fn tx_clean(p: &mut QueuePair) -> Result<(), DriverError> {
         let q1 = u64::from_le(mem.load_u64(off, Ordering::Acquire)?);
         if q1 & TXD_QW1_DTYPE_MASK != u64::from(dtype::DESC_DONE) {
             break;
+        }
+        let mut i = p.ring.tx_clean;
+        loop {
+            let b = std::mem::replace(&mut p.ring.tx_buf[i as usize], NO_BUF);
+            if b != NO_BUF {
+                p.ring.free.push(b);
+            }
+            if i == last {
+                break;
+            }
+            i = (i + 1) % len;
         }
         p.ring.tx_clean = (last + 1) % len;
     }

@@ -54,6 +54,7 @@
 mod adminq;
 mod datapath;
 mod error;
+mod fwd;
 mod pci;
 mod queues;
 
@@ -67,7 +68,12 @@ use std::time::{Duration, Instant};
 
 use emudev_vfio_user::client::{Client, DmaBuffer};
 
+pub use self::datapath::Seg;
 pub use self::error::{DriverError, ProtocolError, WaitOp};
+pub use self::fwd::{
+    ipv4_checksum, udp_frame, FwdConfig, FwdCounters, FwdMode, FwdStats, ParseFwdModeError,
+    MAX_BURST,
+};
 pub use self::pci::{BAR0_REGION, MSIX_IRQ_INDEX};
 pub use self::queues::{Area, QueuePair, RX_ITR_INDEX, TX_ITR_INDEX};
 

@@ -187,16 +187,32 @@ pub(crate) struct RingState {
     pub(crate) rx_next: u32,
     /// RX packets the device flagged with an error (dropped by the driver).
     pub(crate) rx_errors: u64,
+    /// The pool buffer posted in each RX descriptor.
+    pub(crate) rx_buf: Vec<u32>,
+    /// The pool buffer each TX descriptor in flight carries ([`NO_BUF`]: none, e.g. a raw
+    /// descriptor), returned to the pool when the device marks its packet done.
+    pub(crate) tx_buf: Vec<u32>,
+    /// Free pool buffers (a stack).
+    pub(crate) free: Vec<u32>,
 }
 
+/// A TX descriptor that owns no pool buffer.
+pub(crate) const NO_BUF: u32 = u32::MAX;
+
 impl RingState {
+    /// Fresh indexes and a full pool of `2 * ring_len` buffers: buffers `0..ring_len` (the RX
+    /// area) posted in RX descriptor `i`, buffers `ring_len..2 * ring_len` (the TX area) free.
     pub(crate) fn new(ring_len: u16) -> Self {
+        let len = u32::from(ring_len);
         RingState {
             tx_next: 0,
             tx_clean: 0,
             tx_eop: vec![0; usize::from(ring_len)],
             rx_next: 0,
             rx_errors: 0,
+            rx_buf: (0..len).collect(),
+            tx_buf: vec![NO_BUF; usize::from(ring_len)],
+            free: (len..2 * len).rev().collect(),
         }
     }
 }
@@ -258,6 +274,27 @@ impl QueuePair {
     /// RX packets the device wrote back with an error bit (dropped by `rx_burst`).
     pub fn rx_errors(&self) -> u64 {
         self.ring.rx_errors
+    }
+    /// Pool buffers: `2 * ring_len`, numbered `0..ring_len` over the RX area and
+    /// `ring_len..2 * ring_len` over the TX area.
+    pub fn pool_size(&self) -> u32 {
+        2 * u32::from(self.plan.ring_len)
+    }
+    /// Pool buffers neither posted for RX nor in flight on TX nor held by the application.
+    pub fn pool_free(&self) -> usize {
+        self.ring.free.len()
+    }
+    /// Offset in [`QueuePair::memory`] and IOVA of pool buffer `buf`, if it exists.
+    pub fn buffer(&self, buf: u32) -> Option<(u64, u64)> {
+        let len = u32::from(self.plan.ring_len);
+        let size = u64::from(self.plan.buf_size);
+        if buf < len {
+            self.plan.rx_bufs.element(u64::from(buf), size)
+        } else if buf < 2 * len {
+            self.plan.tx_bufs.element(u64::from(buf - len), size)
+        } else {
+            None
+        }
     }
 }
 
