@@ -25,6 +25,7 @@ use rustix::event::{eventfd, EventfdFlags};
 use vfio_bindings::bindings::vfio;
 
 use crate::device::{DeviceInfo, Errno, IrqInfo, SparseArea};
+use crate::trace::{Channel, Direction, Side, TraceSwitch, Tracer};
 use crate::transport::{MessageSocket, RawMessage, RecvError, RecvLimits, HEADER_SIZE};
 use crate::wire::{
     self, Capabilities, Command, DecodeError, DeviceFeatureMsg, DeviceInfoMsg, DmaAccess, DmaMap,
@@ -48,6 +49,9 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Minor version proposed.
     pub minor: u16,
+    /// Message tracing from the first message (VERSION) on: a switch to share; `None` gives
+    /// the client its own switch, off ([`Client::set_tracer`] turns it on later).
+    pub trace: Option<Arc<TraceSwitch>>,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +63,7 @@ impl Default for ClientConfig {
             write_multiple: true,
             timeout: Duration::from_secs(5),
             minor: 0,
+            trace: None,
         }
     }
 }
@@ -284,6 +289,8 @@ pub struct Client {
     limits: RecvLimits,
     /// Server→client commands served inline on the main socket.
     served_inline: u64,
+    /// Message tracing (shared with the twin-socket thread).
+    trace: Arc<TraceSwitch>,
 }
 
 #[derive(Debug)]
@@ -326,6 +333,7 @@ impl Client {
             max_msg_size: (config.max_data_xfer_size as usize + 4096).max(1 << 16),
             max_fds: config.max_msg_fds as usize,
         };
+        let trace = config.trace.clone().unwrap_or_default();
         let mut c = Client {
             sock,
             next_id: 0,
@@ -340,6 +348,7 @@ impl Client {
             twin: None,
             limits,
             served_inline: 0,
+            trace,
         };
         c.negotiate()?;
         c.info = c.get_device_info()?;
@@ -397,11 +406,14 @@ impl Client {
         let limits = self.limits;
         let max_xfer = self.config.max_data_xfer_size;
         let stop2 = stop.clone();
+        let trace = self.trace.clone();
         let join = std::thread::Builder::new()
             .name("vfio-user-twin".into())
             .spawn(move || {
                 while !stop2.load(Ordering::SeqCst) {
-                    let msg = match reader.recv(limits) {
+                    let msg = reader.recv(limits);
+                    trace.received(Side::Client, Channel::Twin, &msg);
+                    let msg = match msg {
                         Ok(Some(m)) => m,
                         Ok(None) | Err(_) => break,
                     };
@@ -410,6 +422,7 @@ impl Client {
                         continue;
                     }
                     let reply = memory.serve(&h, &msg.bytes[HEADER_SIZE..], max_xfer);
+                    trace.message(Side::Client, Direction::Send, Channel::Twin, &reply, 0);
                     if reader.send(&reply, &[]).is_err() {
                         break;
                     }
@@ -432,6 +445,7 @@ impl Client {
         let mut b = MessageBuilder::command(id, cmd);
         build(&mut b);
         let bytes = b.finish();
+        self.trace.message(Side::Client, Direction::Send, Channel::Main, &bytes, fds.len());
         self.sock.send(&bytes, fds).map_err(|source| ClientError::Transport { cmd: cmd.name(), source })?;
         let reply = self.wait_reply(id, cmd.name())?;
         let h = Header::decode(&reply.bytes).map_err(|e| bad(cmd, e))?;
@@ -449,7 +463,9 @@ impl Client {
 
     fn wait_reply(&mut self, id: u16, cmd: &'static str) -> Result<RawMessage> {
         loop {
-            let msg = match self.sock.recv(self.limits) {
+            let msg = self.sock.recv(self.limits);
+            self.trace.received(Side::Client, Channel::Main, &msg);
+            let msg = match msg {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     return Err(ClientError::Transport { cmd, source: io::Error::from(io::ErrorKind::UnexpectedEof) });
@@ -466,6 +482,7 @@ impl Client {
                     wire::error_reply(h.msg_id, h.command, Errno::INVAL)
                 };
                 self.served_inline += 1;
+                self.trace.message(Side::Client, Direction::Send, Channel::Main, &reply, 0);
                 self.sock.send(&reply, &[]).map_err(|source| ClientError::Transport { cmd, source })?;
                 continue;
             }
@@ -686,8 +703,10 @@ impl Client {
                 let mut b = MessageBuilder::command(id, Command::RegionWrite).no_reply(true);
                 RegionAccess { offset: off, region: index, count: n as u32 }.encode(&mut b);
                 b.bytes(part);
+                let bytes = b.finish();
+                self.trace.message(Side::Client, Direction::Send, Channel::Main, &bytes, 0);
                 self.sock
-                    .send(&b.finish(), &[])
+                    .send(&bytes, &[])
                     .map_err(|source| ClientError::Transport { cmd: Command::RegionWrite.name(), source })?;
             } else {
                 let (p, _) = self.request(Command::RegionWrite, &[], |b| {
@@ -883,13 +902,27 @@ impl Client {
     /// Sends raw bytes (a whole message, possibly malformed) and returns the next message the
     /// server sends back. For conformance tests of servers.
     pub fn raw_exchange(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<RawMessage> {
+        self.trace.message(Side::Client, Direction::Send, Channel::Main, bytes, fds.len());
         self.sock.send(bytes, fds).map_err(|source| ClientError::Transport { cmd: "raw", source })?;
-        match self.sock.recv(self.limits) {
+        let r = self.sock.recv(self.limits);
+        self.trace.received(Side::Client, Channel::Main, &r);
+        match r {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(ClientError::Transport { cmd: "raw", source: io::Error::from(io::ErrorKind::UnexpectedEof) }),
             Err(RecvError::Io(source)) => Err(ClientError::Transport { cmd: "raw", source }),
             Err(e) => Err(ClientError::BadReply { cmd: "raw", reason: e.to_string() }),
         }
+    }
+
+    /// Starts (`Some`) or stops (`None`) tracing this client's messages, main and twin socket;
+    /// returns the previous tracer, flushed.
+    pub fn set_tracer(&self, tracer: Option<Arc<dyn Tracer>>) -> Option<Arc<dyn Tracer>> {
+        self.trace.set(tracer)
+    }
+
+    /// The client's trace switch.
+    pub fn trace(&self) -> Arc<TraceSwitch> {
+        self.trace.clone()
     }
 
     /// A fresh message id (for raw messages).

@@ -15,6 +15,7 @@ pub mod client;
 pub mod device;
 pub mod irq;
 pub mod server;
+pub mod trace;
 pub mod transport;
 pub mod wire;
 

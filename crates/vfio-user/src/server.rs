@@ -29,6 +29,7 @@ use vfio_bindings::bindings::vfio;
 
 use crate::device::{Device, DeviceContext, Errno, IrqInfo};
 use crate::irq::IrqTable;
+use crate::trace::{Channel, Direction, Side, TraceSwitch, Tracer};
 use crate::transport::{MessageSocket, RawMessage, RecvError, RecvLimits, HEADER_SIZE};
 use crate::wire::{
     self, Capabilities, Command, DecodeError, DeviceFeatureMsg, DeviceInfoMsg, DmaAccess, DmaUnmap,
@@ -57,6 +58,10 @@ pub struct ServerConfig {
     pub write_multiple: bool,
     /// How long a server→client DMA request waits for its reply.
     pub dma_timeout: Duration,
+    /// Message tracing: a switch to share (keep a clone to turn tracing on and off while the
+    /// server runs); `None` gives the server its own switch, off, reachable with
+    /// [`ServerHandle::trace`].
+    pub trace: Option<Arc<TraceSwitch>>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             twin_socket: true,
             write_multiple: true,
             dma_timeout: Duration::from_secs(5),
+            trace: None,
         }
     }
 }
@@ -138,6 +144,7 @@ struct Shared {
     stopping: AtomicBool,
     current: Mutex<Option<MessageSocket>>,
     stats: ServerStats,
+    trace: Arc<TraceSwitch>,
 }
 
 /// Stops a running server from another thread and reads its counters.
@@ -173,6 +180,17 @@ impl ServerHandle {
             dma_requests: s.dma_requests.load(Ordering::Relaxed),
             connected: lock(&self.shared.current).is_some(),
         }
+    }
+
+    /// The server's trace switch (every message of every client, both directions).
+    pub fn trace(&self) -> Arc<TraceSwitch> {
+        self.shared.trace.clone()
+    }
+
+    /// Starts (`Some`) or stops (`None`) tracing on the running server; returns the previous
+    /// tracer, flushed.
+    pub fn set_tracer(&self, tracer: Option<Arc<dyn Tracer>>) -> Option<Arc<dyn Tracer>> {
+        self.shared.trace.set(tracer)
     }
 }
 
@@ -225,6 +243,7 @@ impl<D: Device + 'static> Server<D> {
             ..DmaLimits::default()
         });
         let ctx = DeviceContext { dma: Arc::new(dma), irqs: Arc::new(IrqTable::new(&counts)) };
+        let trace = config.trace.clone().unwrap_or_default();
         Ok(Server {
             listener,
             path,
@@ -236,6 +255,7 @@ impl<D: Device + 'static> Server<D> {
                 stopping: AtomicBool::new(false),
                 current: Mutex::new(None),
                 stats: ServerStats::default(),
+                trace,
             }),
         })
     }
@@ -429,11 +449,16 @@ impl Outbound {
         let mut b = MessageBuilder::command(id, cmd);
         build(&mut b);
         let msg = b.finish();
+        let trace = &self.stats.trace;
+        let channel = if self.twin.is_some() { Channel::Twin } else { Channel::Main };
+        trace.message(Side::Server, Direction::Send, channel, &msg, 0);
         let reply = if let Some(twin) = &self.twin {
             let s = lock(twin);
             s.send(&msg, &[])?;
             loop {
-                let r = s.recv(self.limits).map_err(recv_to_io)?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                let r = s.recv(self.limits);
+                trace.received(Side::Server, Channel::Twin, &r);
+                let r = r.map_err(recv_to_io)?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
                 let h = Header::decode(&r.bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 if h.is_reply() && h.msg_id == id {
                     break r;
@@ -485,7 +510,9 @@ impl Outbound {
     fn pump_until(&self, id: u16) -> io::Result<RawMessage> {
         self.main.set_read_timeout(Some(self.timeout))?;
         let result = loop {
-            let r = match self.main.recv(self.limits) {
+            let r = self.main.recv(self.limits);
+            self.stats.trace.received(Side::Server, Channel::Main, &r);
+            let r = match r {
                 Ok(Some(r)) => r,
                 Ok(None) => break Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
                 Err(e) => break Err(recv_to_io(e)),
@@ -607,7 +634,9 @@ impl<'s, D: Device + 'static> Session<'s, D> {
         if self.server.shared.stopping.load(Ordering::SeqCst) {
             return None;
         }
-        self.sock.recv(self.limits).transpose()
+        let r = self.sock.recv(self.limits);
+        self.server.shared.trace.received(Side::Server, Channel::Main, &r);
+        r.transpose()
     }
 
     fn run(&mut self) {
@@ -660,6 +689,7 @@ impl<'s, D: Device + 'static> Session<'s, D> {
     }
 
     fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+        self.server.shared.trace.message(Side::Server, Direction::Send, Channel::Main, bytes, fds.len());
         let r = match &self.out {
             Some(out) => out.send_main(bytes, fds),
             None => self.sock.send(bytes, fds),
