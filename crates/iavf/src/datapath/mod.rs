@@ -9,7 +9,18 @@
 //! - [`PairEngine`]: one queue pair and its back-end queue; [`PairEngine::poll`] moves up to
 //!   `budget` packets (at most [`BURST`] per call is what the provider uses). It owns all it
 //!   needs (no locks), so a worker thread can own it as well as the provider does.
-//! - Back-ends: [`Loopback`] (queue q's TX comes back on queue q's RX).
+//! - Back-ends ([`Backend`], one [`BackendQueue`] per queue pair): [`Loopback`] (queue q's TX
+//!   comes back on queue q's RX), [`MacSwap`], [`Sink`] (`rxonly`), [`Generator`] (`txonly`),
+//!   [`Pair`] (two VFs joined, met by name through a [`PairRegistry`]), [`PcapBackend`]
+//!   (write to / replay from a pcap file), [`ChannelBackend`] (frames to and from the
+//!   application, [`ChannelPort`]); [`BackendSpec`] parses the `backend=` vdev value and builds
+//!   one. A back-end that *originates* frames ([`Backend::originates`]: pair, replay,
+//!   generator, channel) delivers them through [`BackendQueue::receive`] in RX-only bursts
+//!   (TX idle, frames waiting, RX descriptors posted), so it always gets a polled data path.
+//!   It asks [`RxSink::fits`] first and keeps a frame the RX ring has no room for yet; frames
+//!   a back-end pushes into a full RX ring anyway (loopback, macswap) are RX drops, counted.
+//! - Capture tap: [`DatapathStats::capture_start`] / [`DatapathStats::capture_stop`] write
+//!   every frame the data path handles (TX taken and RX delivered) to a pcap file at run time.
 //!
 //! Memory: descriptors and buffers are reached only through the DMA table. The ring is one
 //! window per burst; buffers are reached through up to four windows over whole mappings per
@@ -17,8 +28,9 @@
 //! error; nothing panics on what the client wrote.
 //!
 //! Driving, two modes:
-//! - inline ([`attach`] on a device with trapped tails): synchronously from the trapped
-//!   `QTX_TAIL` write, on the vfio-user server thread; `QRX_TAIL` writes only move the RX tail.
+//! - inline ([`attach`] on a device with trapped tails and a back-end that does not originate
+//!   frames): synchronously from the trapped `QTX_TAIL` write, on the vfio-user server thread;
+//!   `QRX_TAIL` writes only move the RX tail.
 //! - polled ([`attach_polled`], and [`attach`] on a device with doorbell pages): one worker
 //!   thread polls every queue pair with bursts of [`BURST`], reading the tails from the
 //!   mmapped doorbell pages (or taking trapped tail writes). Idle, it spins, then yields, then
@@ -33,10 +45,20 @@
 //! Counters: per queue ([`QueueStats`], [`DatapathStats`]) and the VSI's (`GET_STATS`),
 //! added once per burst.
 
+mod backend_spec;
+mod basic;
+mod capture;
+mod channel;
 mod mem;
+mod pair;
+mod pcap;
 mod rx;
+mod spsc;
+#[cfg(test)]
+mod testing;
 mod tx;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,9 +69,29 @@ use emudev::{
 use emudev_dma::DmaTable;
 use thiserror::Error;
 
+pub use self::backend_spec::{
+    BackendControl, BackendSpec, BuildBackendError, BuiltBackend, ParseBackendSpecError,
+};
+pub use self::basic::{
+    udp_frame, CreateGeneratorError, Generator, Loopback, MacSwap, Sink, GENERATOR_DEFAULT_LEN,
+    GENERATOR_MIN_LEN,
+};
+pub use self::capture::{CaptureStartError, CaptureStopError};
+pub use self::channel::{
+    ChannelBackend, ChannelPort, ChannelSendError, ChannelStats, CreateChannelError,
+    CHANNEL_DEFAULT_CAPACITY,
+};
+pub use self::pair::{
+    ConnectPairError, Pair, PairRegistry, PairSide, PairStats, PAIR_DEFAULT_CAPACITY,
+};
+pub use self::pcap::{
+    pcap_global_header, pcap_record_header, read_pcap, CreatePcapError, OpenPcapBackendError,
+    PcapBackend, PcapWriter, ReadPcapError, LINKTYPE_ETHERNET, PCAP_MAGIC, PCAP_SNAPLEN,
+};
 pub use self::rx::{Discard, RxBurst, RxEngine, RxSink, RX_PTYPE_L2};
 pub use self::tx::{TxEngine, MAX_TX_FRAME};
 
+use self::capture::{Capture, TapSink};
 use crate::device::{queue_ids, IavfHandle, VsiStats, WeakIavfHandle, MAX_FRAME_SIZE};
 
 /// Most packets per burst.
@@ -170,39 +212,38 @@ fn add_vsi(vsi: &VsiStats, tx: &Tally, rx: &Tally) {
     add(&vsi.rx_discards, rx.drops + rx.errors);
 }
 
-/// Where the packets a queue sends go.
+/// Where the packets a queue sends go, and where the frames it receives come from.
 pub trait Backend: Send + Sync {
     /// Its name ("loopback").
     fn name(&self) -> &'static str;
-    /// The back-end's side of queue pair `queue`.
-    fn queue(&self, queue: u16) -> Box<dyn BackendQueue>;
+    /// The back-end's side of queue pair `queue` of a data path with `queues` pairs (called
+    /// once per pair when the data path attaches; dropped when it detaches).
+    fn queue(&self, queue: u16, queues: u16) -> Box<dyn BackendQueue>;
+    /// Whether it delivers frames nobody sent on the same queue ([`BackendQueue::receive`]);
+    /// such a back-end always gets a polled data path, since no doorbell announces its
+    /// frames.
+    fn originates(&self) -> bool {
+        false
+    }
 }
 
-/// One queue pair's side of a back-end.
+/// One queue pair's side of a back-end. Driven by one thread at a time.
 pub trait BackendQueue: Send {
-    /// A frame the client sent. `local_rx` delivers to the same pair's RX queue.
-    fn transmit(&mut self, frame: &[u8], local_rx: &mut dyn RxSink);
-}
+    /// A frame the client sent. `local_rx` delivers to the same pair's RX queue. Returns
+    /// false when the back-end dropped the frame (counted as a TX discard of the queue); a
+    /// frame `local_rx` refused is counted there, as an RX drop, and is not a TX discard.
+    fn transmit(&mut self, frame: &[u8], local_rx: &mut dyn RxSink) -> bool;
 
-/// The `loopback` back-end: what a queue sends comes back on the same queue's RX.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Loopback;
-
-struct LoopbackQueue;
-
-impl BackendQueue for LoopbackQueue {
-    fn transmit(&mut self, frame: &[u8], local_rx: &mut dyn RxSink) {
-        local_rx.deliver(frame);
-    }
-}
-
-impl Backend for Loopback {
-    fn name(&self) -> &'static str {
-        "loopback"
+    /// Delivers up to `budget` frames the back-end originates into `rx`; returns how many it
+    /// delivered. A back-end that holds frames asks [`RxSink::fits`] first and keeps those
+    /// that do not fit yet. Only called when [`Backend::originates`].
+    fn receive(&mut self, _rx: &mut dyn RxSink, _budget: usize) -> usize {
+        0
     }
 
-    fn queue(&self, _queue: u16) -> Box<dyn BackendQueue> {
-        Box::new(LoopbackQueue)
+    /// Whether [`BackendQueue::receive`] has frames now (cheap: called on every poll).
+    fn rx_pending(&self) -> bool {
+        false
     }
 }
 
@@ -213,6 +254,9 @@ pub struct PairEngine {
     dma: Arc<DmaTable>,
     device: WeakIavfHandle,
     backend: Box<dyn BackendQueue>,
+    /// The back-end originates frames: RX-only bursts run when it has some.
+    originates: bool,
+    capture: Arc<Capture>,
     tx: Option<TxEngine>,
     rx: Option<RxEngine>,
     rx_vector: Option<u16>,
@@ -225,7 +269,10 @@ pub struct PairEngine {
 /// is released.
 #[derive(Debug, Default)]
 struct BurstOutcome {
+    /// TX packets completed.
     done: usize,
+    /// Frames the back-end originated into RX.
+    received: usize,
     tx: Tally,
     rx: Tally,
     raise: Option<u16>,
@@ -268,18 +315,21 @@ impl PairEngine {
     }
 
     /// Reads the tails from the doorbell pages (when the device has them): a tail beyond the
-    /// ring is ignored, as a trapped one is.
+    /// ring is ignored, as a trapped one is. The RX tail is read only when a burst may write
+    /// into RX (TX pending, or the back-end has frames of its own).
     fn refresh_tails(&mut self) {
         let Some((txb, rxb)) = self.bells.as_ref() else {
             return;
         };
-        let Some(tx) = self.tx.as_mut() else {
-            return;
-        };
-        if let Ok(v) = txb.read() {
-            tx.set_tail(u32::try_from(v).unwrap_or(u32::MAX));
+        let mut tx_pending = false;
+        if let Some(tx) = self.tx.as_mut() {
+            if let Ok(v) = txb.read() {
+                tx.set_tail(u32::try_from(v).unwrap_or(u32::MAX));
+            }
+            tx_pending = tx.pending() != 0;
         }
-        if tx.pending() == 0 {
+        let rx_wanted = self.originates && self.backend.rx_pending();
+        if !tx_pending && !rx_wanted {
             return;
         }
         if let (Some(rx), Ok(v)) = (self.rx.as_mut(), rxb.read()) {
@@ -287,39 +337,70 @@ impl PairEngine {
         }
     }
 
-    /// One burst without publishing anything.
+    /// One burst without publishing anything: the TX ring through the back-end (when TX has
+    /// pending descriptors), then the frames the back-end originates (when it has some and
+    /// RX has descriptors posted).
     fn burst(&mut self, budget: usize) -> BurstOutcome {
-        let Some(tx) = self.tx.as_mut() else {
-            return BurstOutcome::default();
-        };
-        if tx.pending() == 0 {
+        let PairEngine {
+            dma,
+            backend,
+            originates,
+            capture,
+            tx,
+            rx,
+            rx_vector,
+            ..
+        } = self;
+        let tx_pending = tx.as_ref().is_some_and(|t| t.pending() != 0);
+        let rx_wanted =
+            *originates && rx.as_ref().is_some_and(|r| r.available() != 0) && backend.rx_pending();
+        if !tx_pending && !rx_wanted {
             return BurstOutcome::default();
         }
+        let tap = capture.active().then_some(&**capture);
+        let dma = &**dma;
         let mut txt = Tally::default();
         let mut rxt = Tally::default();
-        let backend = &mut self.backend;
-        let dma = &*self.dma;
-        let (done, written) = match self.rx.as_mut() {
-            Some(rx) => {
-                let mut burst = rx.burst(dma, &mut rxt);
-                let done = tx.poll(dma, budget, &mut txt, &mut |f| {
-                    backend.transmit(f, &mut burst)
+        let mut discards = 0u64;
+        let mut done = 0;
+        let mut received = 0;
+        let mut written = 0;
+        let mut run = |sink: &mut dyn RxSink| {
+            if let Some(tx) = tx.as_mut().filter(|_| tx_pending) {
+                done = tx.poll(dma, budget, &mut txt, &mut |f| {
+                    if let Some(c) = tap {
+                        c.record(f);
+                    }
+                    if !backend.transmit(f, sink) {
+                        discards += 1;
+                    }
                 });
-                (done, burst.written())
             }
-            None => {
-                let mut sink = Discard(&mut rxt);
-                let done = tx.poll(dma, budget, &mut txt, &mut |f| {
-                    backend.transmit(f, &mut sink)
-                });
-                (done, 0)
+            if rx_wanted {
+                received = backend.receive(sink, budget);
             }
         };
+        match rx.as_mut() {
+            Some(rx) => {
+                let mut burst = rx.burst(dma, &mut rxt);
+                match tap {
+                    Some(capture) => run(&mut TapSink {
+                        inner: &mut burst,
+                        capture,
+                    }),
+                    None => run(&mut burst),
+                }
+                written = burst.written();
+            }
+            None => run(&mut Discard(&mut rxt)),
+        }
+        txt.drops += discards;
         BurstOutcome {
             done,
+            received,
             tx: txt,
             rx: rxt,
-            raise: if written > 0 { self.rx_vector } else { None },
+            raise: if written > 0 { *rx_vector } else { None },
         }
     }
 
@@ -334,13 +415,34 @@ impl PairEngine {
     }
 }
 
-/// The per-queue counters of an attached data path, readable from any thread.
+/// The per-queue counters of an attached data path, readable from any thread, and its capture
+/// tap.
 #[derive(Debug, Clone)]
 pub struct DatapathStats {
     queues: Arc<[Arc<QueueCounters>]>,
+    capture: Arc<Capture>,
 }
 
+/// What [`attach`] returns: the data path's counters and controls.
+pub type DatapathHandle = DatapathStats;
+
 impl DatapathStats {
+    /// Starts writing every frame the data path handles (TX taken from the client, RX
+    /// delivered to it) to a new pcap file at `path` (created or truncated).
+    pub fn capture_start(&self, path: impl AsRef<Path>) -> Result<(), CaptureStartError> {
+        self.capture.start(path.as_ref())
+    }
+
+    /// Stops the capture and flushes its file; returns the frames written.
+    pub fn capture_stop(&self) -> Result<u64, CaptureStopError> {
+        self.capture.stop()
+    }
+
+    /// Frames written by the running capture (`None`: no capture runs).
+    pub fn capture_frames(&self) -> Option<u64> {
+        self.capture.frames()
+    }
+
     /// Queue pair `q`'s counters now.
     pub fn queue(&self, q: u16) -> Option<QueueStats> {
         self.queues.get(usize::from(q)).map(|c| c.snapshot())
@@ -432,11 +534,13 @@ enum Mode {
 
 /// Attaches a software data path with `backend` to the device behind `handle` (after
 /// [`crate::IavfDevice::serve`], which binds the DMA table). Queues enabled from then on are
-/// serviced. Returns the per-queue counters.
+/// serviced. Returns the per-queue counters and the capture tap.
 ///
 /// On a device with trapped tails the data path runs synchronously from the `QTX_TAIL` write;
 /// on one with doorbell pages ([`crate::IavfConfig::doorbell_pages`]) nobody is told about a
-/// tail write, so this attaches a polled data path ([`attach_polled`], default [`PollConfig`]).
+/// tail write, and a back-end that originates frames ([`Backend::originates`]) has nobody to
+/// tell, so for those this attaches a polled data path ([`attach_polled`], default
+/// [`PollConfig`]).
 pub fn attach(
     handle: &IavfHandle,
     backend: Arc<dyn Backend>,
@@ -465,17 +569,24 @@ fn attach_mode(
     let queues: Arc<[Arc<QueueCounters>]> = (0..pairs)
         .map(|_| Arc::new(QueueCounters::default()))
         .collect();
+    let capture = Arc::new(Capture::default());
+    let mode = match poll {
+        Some(cfg) => Mode::Polled(cfg),
+        None if backend.originates() => Mode::Polled(PollConfig::default()),
+        None => Mode::Inline,
+    };
     let provider = IavfDatapath {
         device: handle.downgrade(),
         backend,
         counters: queues.clone(),
-        mode: poll.map_or(Mode::Inline, Mode::Polled),
+        capture: capture.clone(),
+        mode,
         dma: None,
         pairs: Arc::from(Vec::new()),
         worker: None,
     };
     handle.emu().attach_provider(Box::new(provider))?;
-    Ok(DatapathStats { queues })
+    Ok(DatapathStats { queues, capture })
 }
 
 /// The polling worker's handle: its stop flag and thread.
@@ -537,7 +648,7 @@ fn poll_loop(pairs: &[Mutex<PairEngine>], cfg: &PollConfig, stop: &AtomicBool) {
                 }
                 (out, p.counters.clone(), p.device.clone())
             };
-            work += out.done;
+            work += out.done + out.received;
             out.publish(&counters, &device);
         }
         if work > 0 {
@@ -564,6 +675,7 @@ struct IavfDatapath {
     device: WeakIavfHandle,
     backend: Arc<dyn Backend>,
     counters: Arc<[Arc<QueueCounters>]>,
+    capture: Arc<Capture>,
     mode: Mode,
     dma: Option<Arc<DmaTable>>,
     pairs: Arc<[Mutex<PairEngine>]>,
@@ -614,15 +726,19 @@ impl DataPathProvider for IavfDatapath {
             self.mode = Mode::Polled(PollConfig::default());
         }
         self.dma = Some(dma.clone());
-        let pairs: Vec<Mutex<PairEngine>> = (0..self.counters.len())
-            .map(|q| {
-                // q < the device's queue count (<= 16).
-                let q16 = q as u16;
+        // The device's queue count, <= 16.
+        let n = self.counters.len() as u16;
+        let originates = self.backend.originates();
+        let pairs: Vec<Mutex<PairEngine>> = (0..n)
+            .map(|q16| {
+                let q = usize::from(q16);
                 Mutex::new(PairEngine {
                     queue: q16,
                     dma: dma.clone(),
                     device: self.device.clone(),
-                    backend: self.backend.queue(q16),
+                    backend: self.backend.queue(q16, n),
+                    originates,
+                    capture: self.capture.clone(),
                     tx: None,
                     rx: None,
                     rx_vector: None,
@@ -723,8 +839,11 @@ impl DataPathProvider for IavfDatapath {
                 return;
             }
         }
-        if is_tx {
-            self.drive(q);
+        match &self.worker {
+            // A trapped tail write: the worker need not wait out its idle sleep.
+            Some(w) => w.thread.thread().unpark(),
+            None if is_tx => self.drive(q),
+            None => {}
         }
     }
 

@@ -18,6 +18,12 @@ pub const RX_PTYPE_L2: u8 = 1;
 pub trait RxSink {
     /// Delivers one frame; false if it was dropped (and counted).
     fn deliver(&mut self, frame: &[u8]) -> bool;
+
+    /// Whether delivering a `len`-byte frame now would find the RX descriptors it needs.
+    /// False only for want of descriptors (a back-end that can hold the frame should keep it
+    /// and try again later); a frame that can never be received (empty, too long, a ring the
+    /// device cannot reach) reports true, and delivering it counts an error.
+    fn fits(&self, len: usize) -> bool;
 }
 
 /// A sink for a queue that is not ready: every frame is dropped and counted.
@@ -27,6 +33,10 @@ pub struct Discard<'a>(pub &'a mut Tally);
 impl RxSink for Discard<'_> {
     fn deliver(&mut self, _frame: &[u8]) -> bool {
         self.0.drops += 1;
+        false
+    }
+
+    fn fits(&self, _len: usize) -> bool {
         false
     }
 }
@@ -118,6 +128,19 @@ impl RxBurst<'_> {
 }
 
 impl RxSink for RxBurst<'_> {
+    fn fits(&self, len: usize) -> bool {
+        let e = &*self.eng;
+        let max = if e.max_frame == 0 {
+            u32::MAX
+        } else {
+            e.max_frame
+        };
+        if len == 0 || len > max as usize || e.buf_size == 0 || self.ring.is_none() {
+            return true;
+        }
+        len.div_ceil(e.buf_size as usize) <= e.available() as usize
+    }
+
     fn deliver(&mut self, frame: &[u8]) -> bool {
         let e = &mut *self.eng;
         let max = if e.max_frame == 0 {

@@ -250,3 +250,29 @@ fn idle_back_off_spins_then_yields_then_sleeps_longer_up_to_the_cap() {
     assert_eq!(us(23), Some(100), "capped");
     assert_eq!(us(u32::MAX), Some(100), "never back to spinning while idle");
 }
+
+#[test]
+fn rx_fits_answers_for_descriptors_only() {
+    let (t, mem) = table();
+    post_rx(&mem, 8, 1024);
+    let mut e = RxEngine::new(RX_RING, 8, 1024, 9728);
+    e.set_tail(3);
+    let mut tally = Tally::default();
+    let mut b = e.burst(&t, &mut tally);
+    assert!(b.fits(64));
+    assert!(b.fits(3 * 1024), "three buffers, three descriptors");
+    assert!(!b.fits(3 * 1024 + 1), "a fourth descriptor is not posted");
+    // Frames that can never be received say yes: delivering them counts an error.
+    assert!(b.fits(0));
+    assert!(b.fits(9729));
+    assert!(b.deliver(&[0x02; 2048]));
+    assert!(b.fits(1024) && !b.fits(1025));
+    assert!(b.deliver(&[0x02; 60]));
+    assert!(!b.fits(1));
+    assert!(!Discard(&mut Tally::default()).fits(64));
+    // A ring outside mapped memory: deliver reports the error, so fits does not hold it back.
+    let mut far = RxEngine::new(0x7000_0000, 8, 1024, 9728);
+    far.set_tail(3);
+    let mut t2 = Tally::default();
+    assert!(far.burst(&t, &mut t2).fits(64));
+}
