@@ -191,6 +191,30 @@ export declare class NativeIavfPort {
    * `ERR_EMUDEV_NOT_READY` before `start()`.
    */
   reset(): Promise<IavfStartResult>
+  /**
+   * Queues `frames` on TX queue `queue` (default 0), copied into the port's DMA buffers,
+   * and rings the doorbell once. Resolves with how many were queued: fewer than given when
+   * the ring is full (send the rest later). Rejects with `ERR_EMUDEV_NOT_READY` before
+   * `start()`, `ERR_EMUDEV_INVALID_ARG` for an empty frame or an unknown queue.
+   */
+  send(frames: Array<Buffer>, queue?: number | undefined | null): Promise<number>
+  /**
+   * Takes up to `max` (default 32, at most 1024) received frames from RX queue `queue`
+   * (default 0). With `timeoutMs` > 0 it waits up to that long for the first frame
+   * (polling, on a worker); resolves with an empty array if none came.
+   */
+  receive(queue?: number | undefined | null, max?: number | undefined | null, timeoutMs?: number | undefined | null): Promise<Buffer[]>
+  /**
+   * Runs a testpmd forwarding engine (`io`, `macswap`, `rxonly`, `txonly`) on every queue
+   * pair, on a worker, until `durationMs` passes, `stopForward()` or `close()`; resolves
+   * with the counters. The port's other requests wait until it ends; `forwardStats()`
+   * reads the counters meanwhile.
+   */
+  forward(options?: IavfForwardOptions | undefined | null): Promise<IavfForwardStats>
+  /** Tells a running `forward()` to stop (it resolves right after). */
+  stopForward(): void
+  /** The counters of the running (or last) `forward()`, or `null` before the first. */
+  forwardStats(): IavfForwardStats | null
   /** GET_STATS: the VSI's counters. Rejects with `ERR_EMUDEV_NOT_READY` before `start()`. */
   stats(): Promise<IavfPortStats>
   /**
@@ -310,6 +334,53 @@ export declare class NativePciDevice {
  */
 export declare class NativeServer {
   /**
+   * Attaches the software data path with back-end `spec` (`loopback`, `macswap`, `rxonly`,
+   * `txonly[:LEN]`, `pair:<peer>`, `pcap:<file>`, `pcap-replay:<file>`, `channel`).
+   * Throws `ERR_EMUDEV_INVALID_ARG` for a bad spec or file, `ERR_EMUDEV_BUSY` when a data
+   * path is already attached or the pair peer is taken.
+   */
+  attachBackend(spec: string): void
+  /**
+   * Detaches the data path (stopping its capture); the client's queues stay configured
+   * and simply stop moving. Throws `ERR_EMUDEV_NOT_READY` when none is attached.
+   */
+  detachBackend(): void
+  /** The attached back-end's spec, or `null`. */
+  backend(): string | null
+  /**
+   * The data path's counters per queue pair. Throws `ERR_EMUDEV_NOT_READY` when none is
+   * attached.
+   */
+  datapathStats(): DatapathStats
+  /**
+   * Zeroes what `datapathStats()` reports (the device's GET_STATS counters are not
+   * touched: the driver owns those).
+   */
+  clearDatapathStats(): void
+  /**
+   * Starts writing every frame the data path moves (the client's TX and what goes into its
+   * RX) to a pcap file at `path`. Throws `ERR_EMUDEV_NOT_READY` without a data path,
+   * `ERR_EMUDEV_BUSY` when a capture runs, `ERR_EMUDEV_INVALID_ARG` when the file cannot
+   * be created.
+   */
+  captureStart(path: string): void
+  /**
+   * Stops the capture and flushes the file; returns the frames written. Throws
+   * `ERR_EMUDEV_NOT_READY` when no capture runs.
+   */
+  captureStop(): number
+  /**
+   * `channel` back-end: queues `frames` for the client's RX queue `queue` (default 0).
+   * Returns how many were taken (the rest did not fit). Throws `ERR_EMUDEV_NOT_READY` when
+   * the back-end is not `channel`.
+   */
+  channelSend(frames: Array<Buffer>, queue?: number | undefined | null): number
+  /**
+   * `channel` back-end: up to `max` (default 32) frames the client sent on queue `queue`
+   * (default: any queue), oldest first; an empty array when there are none.
+   */
+  channelReceive(queue?: number | undefined | null, max?: number | undefined | null): Array<Buffer>
+  /**
    * Serves a new edu device on the UNIX socket at `path` (mode 0600).
    *
    * A stale socket file (nobody listening) is replaced. Throws
@@ -360,6 +431,15 @@ export declare class NativeServer {
    */
   setLink(up: boolean): void
   /**
+   * Starts writing every vfio-user message this server sends and receives, decoded, as
+   * JSON lines appended to `path` (labelled `"device": label`, default the device name);
+   * replaces a trace already running. Throws `ERR_VFU_<ERRNO>` when the file cannot be
+   * opened, `ERR_EMUDEV_CLOSED` after `close()`.
+   */
+  traceStart(path: string, label?: string | undefined | null): void
+  /** Stops tracing (nothing happens if no trace runs). */
+  traceStop(): void
+  /**
    * Stops the server: disconnects the client, joins the server thread (on
    * a worker thread) and removes the socket file. Idempotent: a second call
    * resolves once the first one has finished.
@@ -373,6 +453,37 @@ export interface ConnectOptions {
   twinSocket?: boolean
   /** How long to wait for any reply, in milliseconds (default 5000, 1 to 3600000). */
   timeoutMs?: number
+}
+
+/** One queue pair's data-path counters. */
+export interface DatapathQueueStats {
+  /** Packets the client sent through the device. */
+  txPackets: number
+  /** Their bytes. */
+  txBytes: number
+  /**
+   * TX packets dropped for a fault (bad descriptor or buffer, frame too long) or because
+   * the back-end could not take them.
+   */
+  txErrors: number
+  /** Packets the device wrote into the client's RX ring. */
+  rxPackets: number
+  /** Their bytes. */
+  rxBytes: number
+  /** RX packets dropped for a fault. */
+  rxErrors: number
+  /** RX packets dropped because the client had posted no descriptor. */
+  rxDrops: number
+}
+
+/** `datapathStats()`: the back-end and each queue pair's counters. */
+export interface DatapathStats {
+  /** The attached back-end's spec (`loopback`, `pair:emu_iavf1`, ...). */
+  backend: string
+  /** Per queue pair, since attach or the last `clearDatapathStats()`. */
+  queues: Array<DatapathQueueStats>
+  /** Frames written by the running capture, or `null` when none runs. */
+  captureFrames?: number
 }
 
 /** What `deviceInfo()` returns (`DEVICE_GET_INFO`). */
@@ -477,6 +588,42 @@ export interface EduStats {
  */
 export declare function errnoName(errno: number): string
 
+/** Options of `NativeIavfPort.forward`: a testpmd forwarding engine on every queue pair. */
+export interface IavfForwardOptions {
+  /** `'io'` (default), `'macswap'`, `'rxonly'` or `'txonly'`. */
+  mode?: 'io' | 'macswap' | 'rxonly' | 'txonly'
+  /** Stop after this many milliseconds (default: only `stopForward()` or `close()` stop it). */
+  durationMs?: number
+  /** Packets per burst, 1 to 64 (default 32). */
+  burst?: number
+  /**
+   * Bursts of the generated frame sent per queue before forwarding (testpmd `tx_first`;
+   * default 0).
+   */
+  txFirst?: number
+  /**
+   * Length of the generated UDP/IPv4 frame (198.18.0.1 -> 198.19.0.1), 60 to the buffer
+   * size (default 64).
+   */
+  frameLen?: number
+}
+
+/** Counters of `forward()`. */
+export interface IavfForwardStats {
+  /** Packets received. */
+  rxPackets: number
+  /** Their bytes. */
+  rxBytes: number
+  /** Packets sent. */
+  txPackets: number
+  /** Their bytes. */
+  txBytes: number
+  /** Packets dropped because the TX ring was full. */
+  txDropped: number
+  /** Seconds the engine ran (the last call's; 0 from `forwardStats()`). */
+  seconds: number
+}
+
 /** The link as the PF last reported it. */
 export interface IavfLink {
   /** Link up. */
@@ -532,6 +679,11 @@ export interface IavfPortOptions {
   deviceReset?: boolean
   /** Share the DMA memory's fd with the server (default true). */
   shareFd?: boolean
+  /**
+   * Append every vfio-user message of this connection, decoded, as JSON lines to this file
+   * (`--trace FILE`).
+   */
+  trace?: string
 }
 
 /** The VSI's Ethernet counters (GET_STATS) and the driver's own. */
@@ -583,6 +735,11 @@ export interface IavfServerOptions {
    * 0x2000); trapped tail writes keep working for clients that do not map them.
    */
   doorbellPages?: boolean
+  /**
+   * Attach the software data path with this back-end (`loopback`, `macswap`, `rxonly`,
+   * `txonly[:LEN]`, `pair:<peer>`, `pcap:<file>`, `pcap-replay:<file>`, `channel`).
+   */
+  backend?: string
 }
 
 /** What `start()` and `reset()` resolve with. */

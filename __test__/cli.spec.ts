@@ -83,7 +83,11 @@ test('serve of a driver or option that is not available exits 2 without touching
   t.is(client.stderr, "emudev serve: iavf_client0: iavf_client is a client driver (use 'emudev client')\n")
   const backend = run('serve', '--vdev', `emu_edu0,sock=${sock}`, '--vdev', `emu_iavf0,sock=${sock}.iavf,backend=tap`)
   t.is(backend.code, 2)
-  t.is(backend.stderr, 'emudev serve: emu_iavf0: backend= is for the iavf data path, which is not available yet\n')
+  t.is(
+    backend.stderr,
+    "emudev serve: --vdev 'emu_iavf0,sock=" + sock + ".iavf,backend=tap': bad value 'tap' for 'backend' of emu_iavf0 " +
+      '(expected loopback, macswap, rxonly, txonly[:LEN], pair:<peer>, pcap:<file>, pcap-replay:<file>, channel)\n',
+  )
   t.false(existsSync(sock))
   t.false(existsSync(`${sock}.iavf`))
 })

@@ -116,8 +116,10 @@ test('client usage errors exit 2 with one line', (t) => {
     [['client', '--vdev', 'iavf_client,path=/a', '--vdev', 'iavf_client1,path=/b'], "emudev client: exactly one --vdev is required (e.g. --vdev 'iavf_client,path=/tmp/sock1')\n"],
     [['client', '--vdev', 'emu_edu0,sock=/a'], "emudev client: --vdev must be an iavf_client device (got 'emu_edu0,sock=/a')\n"],
     [['client', '--vdev', 'iavf_client,path=/a,queues=17'], "emudev client: --vdev 'iavf_client,path=/a,queues=17': bad value '17' for 'queues' of iavf_client (expected an integer 1-16)\n"],
-    [['client', '--vdev', 'iavf_client,path=/a', '--fwd', 'io'], 'emudev client: --fwd is not available yet (it comes with the iavf data path)\n'],
-    [['client', '--vdev', 'iavf_client,path=/a', '--duration=5'], 'emudev client: --duration is not available yet (it comes with the iavf data path)\n'],
+    [['client', '--vdev', 'iavf_client,path=/a', '--fwd', 'bounce'], "emudev client: --fwd must be one of io, macswap, rxonly, txonly (got 'bounce')\n"],
+    [['client', '--vdev', 'iavf_client,path=/a', '--duration=5'], 'emudev client: --duration goes with --fwd\n'],
+    [['client', '--vdev', 'iavf_client,path=/a', '--fwd', 'io', '--duration', '-1'], "emudev client: --duration must be seconds, more than 0 and at most 86400 (got '-1')\n"],
+    [['client', '--vdev', 'iavf_client,path=/a', '--fwd', 'txonly', '--frame-len', '20'], "emudev client: --frame-len must be an integer from 60 to 9000 (got '20')\n"],
     [['client', '--vdev', 'iavf_client,path=/a', '--bogus'], "emudev client: unknown option '--bogus'\n"],
     [['client', '--vdev', 'iavf_client,path=/a', 'extra'], "emudev client: unexpected argument 'extra'\n"],
   ]

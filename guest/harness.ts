@@ -42,10 +42,12 @@ import {
 import { join, resolve } from 'node:path'
 
 import { native } from '../src/native'
+import { IavfPort } from '../src/iavf'
+import { IGNORE_REASONS, Responder } from '../src/responder'
 import { GpioDevice } from '../examples/gpio'
 import { findMirrors, MirrorError } from './apt'
 import { QemuTrace } from './trace'
-import type { EduStats, IavfServerOptions, IavfStats, ServerStats } from '../index.js'
+import type { DatapathStats, EduStats, IavfServerOptions, IavfStats, ServerStats } from '../index.js'
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -270,6 +272,285 @@ function iavfScenario(name: string, queues: number, doorbellPages = false): Scen
   }
 }
 
+// The ping scenario: the guest's VF and a peer VF joined by the software data path.
+
+/** The pings the guest sends (guest/scenarios/iavf-ping.sh has the same number). */
+const PING_COUNT = 20
+/** The guest is 198.18.0.1/24 (set in iavf-ping.sh); the responder answers for this address. */
+const PING_PEER_IP = '198.18.0.2'
+/** The peer VF's MAC, which the responder answers from. */
+const IAVF_PEER_MAC = '02:00:00:00:00:02'
+const IAVF_PEER_MAC_HEX = 0x020000000002
+
+/** The data-path counters summed over the queues, as `<prefix>TxPackets`, ... */
+function datapathTotals(stats: DatapathStats, prefix: string): Record<string, number> {
+  const keys = ['txPackets', 'txBytes', 'txErrors', 'rxPackets', 'rxBytes', 'rxErrors', 'rxDrops'] as const
+  const out: Record<string, number> = {}
+  for (const k of keys) out[`${prefix}${k[0]!.toUpperCase()}${k.slice(1)}`] = 0
+  for (const q of stats.queues) {
+    for (const k of keys) out[`${prefix}${k[0]!.toUpperCase()}${k.slice(1)}`]! += q[k]
+  }
+  return out
+}
+
+/** Runs every step, even after one fails; then throws the first failure, if any. */
+async function closeAll(steps: readonly (() => Promise<void> | void)[]): Promise<void> {
+  let first: { err: unknown } | undefined
+  for (const step of steps) {
+    try {
+      await step()
+    } catch (err) {
+      first ??= { err }
+    }
+  }
+  if (first !== undefined) throw first.err
+}
+
+/** The devices of the ping scenario and the counters they reported. */
+interface PingRig {
+  readonly device: DeviceUnderTest
+  /**
+   * What `deviceStats()` returned last (the guest-side checks compare the
+   * guest's numbers with it); `close()` adds the client's GET_STATS
+   * counters (`client*`), which only an asynchronous call can read.
+   */
+  readonly last: Record<string, number>
+}
+
+/**
+ * The ping scenario's devices, all served here: `emu_iavf0` for QEMU
+ * (back-end `pair:emu_iavf1`) and its peer `emu_iavf1` (back-end
+ * `pair:emu_iavf0`, on `<id>-peer.sock`, not given to QEMU), which
+ * emudev's iavf client ({@link IavfPort}) brings up and a {@link Responder}
+ * for {@link PING_PEER_IP} serves. One `DeviceUnderTest` so the harness
+ * boots QEMU with the guest's VF only; its counters are emu_iavf0's
+ * (`iavfStats()`, unprefixed), its data path (`dp*`), the peer's (`peer*`),
+ * the responder's (`resp*`) and the client's (`client*`, after close).
+ */
+function iavfPingRig(id: string): PingRig {
+  const last: Record<string, number> = {}
+  const device: DeviceUnderTest = {
+    id,
+    async start(hostPath) {
+      const peerPath = `${hostPath.replace(/\.sock$/, '')}-peer.sock`
+      const removePeerSocket = () => {
+        rmSync(peerPath, { force: true })
+        live.delete(`sock:${id}-peer`)
+      }
+      live.set(`sock:${id}-peer`, () => rmSync(peerPath, { force: true }))
+      const guestOptions: IavfServerOptions = {
+        name: 'emu_iavf0',
+        queues: 1,
+        mac: IAVF_MAC,
+        mtu: 1500,
+        backend: 'pair:emu_iavf1',
+      }
+      const peerOptions: IavfServerOptions = {
+        name: 'emu_iavf1',
+        queues: 1,
+        mac: IAVF_PEER_MAC,
+        mtu: 1500,
+        backend: 'pair:emu_iavf0',
+      }
+      const guestSide = native.NativeServer.listenIavf(hostPath, guestOptions)
+      let peer: ReturnType<typeof native.NativeServer.listenIavf> | undefined
+      let port: IavfPort | undefined
+      const portErrors: string[] = []
+      let loopError: unknown
+      let responder: Responder
+      let running: Promise<void>
+      try {
+        peer = native.NativeServer.listenIavf(peerPath, peerOptions)
+        port = await IavfPort.connect(peerPath, { queues: 1 })
+        port.on('error', (err) => portErrors.push(err instanceof Error ? err.message : String(err)))
+        await port.start()
+        responder = new Responder(port, { ip: PING_PEER_IP })
+        running = responder.start().catch((err: unknown) => {
+          loopError = err
+        })
+      } catch (err) {
+        await closeAll([() => port?.close(), () => peer?.close(), () => guestSide.close(), removePeerSocket])
+        throw err
+      }
+      const peerServer = peer
+      const peerPort = port
+      return {
+        stats: () => guestSide.stats(),
+        deviceStats: (): Record<string, number> => {
+          const r = responder.stats()
+          const p = peerServer.iavfStats()
+          const ps = peerServer.stats()
+          Object.assign(last, {
+            ...guestSide.iavfStats(),
+            ...datapathTotals(guestSide.datapathStats(), 'dp'),
+            ...datapathTotals(peerServer.datapathStats(), 'peerDp'),
+            peerClients: ps.clients,
+            peerServerErrors: ps.errors,
+            peerVcErrors: p.vcErrors,
+            peerAqErrors: p.aqErrors,
+            peerBadAccesses: p.badAccesses,
+            peerEmuErrors: p.emuErrors,
+            respReceived: r.received,
+            respReceivedBytes: r.receivedBytes,
+            respReceivedBroadcast: r.receivedBroadcast,
+            respArpRequests: r.arpRequests,
+            respEchoRequests: r.echoRequests,
+            respIgnored: r.ignored,
+            ...Object.fromEntries(IGNORE_REASONS.map((why) => [`respIgnored:${why}`, r.ignoredBy[why]])),
+            respArpReplies: r.arpReplies,
+            respEchoReplies: r.echoReplies,
+            respSent: r.sent,
+            respSentBytes: r.sentBytes,
+            respSendDropped: r.sendDropped,
+            respLoopErrors: loopError === undefined ? 0 : 1,
+            portErrors: portErrors.length,
+          })
+          return last
+        },
+        close: async () => {
+          try {
+            last.respStopped = (await responder.stop()) ? 1 : 0
+            await running
+            if (loopError !== undefined) console.log(`  info      responder: ${String(loopError)}`)
+            for (const e of portErrors) console.log(`  info      IavfPort: ${e}`)
+            // GET_STATS of the peer VF as its client sees it (bounded by the port's op timeout).
+            const s = await peerPort.stats()
+            Object.assign(last, {
+              clientRxPackets: s.rxUnicast + s.rxMulticast + s.rxBroadcast,
+              clientRxBroadcast: s.rxBroadcast,
+              clientRxBytes: s.rxBytes,
+              clientRxDiscards: s.rxDiscards,
+              clientTxPackets: s.txUnicast + s.txMulticast + s.txBroadcast,
+              clientTxBytes: s.txBytes,
+              clientTxDiscards: s.txDiscards,
+              clientTxErrors: s.txErrors,
+            })
+          } finally {
+            await closeAll([() => peerPort.close(), () => peerServer.close(), () => guestSide.close(), removePeerSocket])
+          }
+        },
+      }
+    },
+  }
+  return { device, last }
+}
+
+/** The guest's `name` must equal the device counter `key` read after the run (and exceed `above`). */
+function guestSameAs(name: string, last: Readonly<Record<string, number>>, key: string, above = -1): GuestExpectation {
+  return {
+    name,
+    get want() {
+      return `== ${key} (${last[key] ?? 'unread'})${above >= 0 ? `, > ${above}` : ''}`
+    },
+    ok: (v) => v === last[key] && v > above,
+  }
+}
+
+/** Two device counters must be equal (`a` is shown as got, `b` in the expectation). */
+function sameAs(a: string, b: string): HostCheck {
+  let other = Number.NaN
+  return {
+    name: `${a} == ${b}`,
+    get want() {
+      return `${other}`
+    },
+    got: (c) => {
+      other = c.device[b] ?? Number.NaN
+      return c.device[a] ?? Number.NaN
+    },
+    ok: (v) => typeof v === 'number' && Number.isFinite(v) && v === other,
+  }
+}
+
+/**
+ * Traffic: the guest (guest/scenarios/iavf-ping.sh) pings 198.18.0.2
+ * {@link PING_COUNT} times through emu_iavf0, whose data path hands its
+ * frames to emu_iavf1, where the TypeScript responder answers ARP and the
+ * echo requests through IavfPort. Then the guest's interface counters (from
+ * emu_iavf0's GET_STATS), emu_iavf0's and emu_iavf1's data-path counters,
+ * the client's GET_STATS and the responder's counts must agree exactly;
+ * the guest sends nothing but ARP and the pings (IPv6 is off), and each of
+ * its frames gets exactly one answer.
+ */
+function iavfPingScenario(): Scenario {
+  const id = 'iavf0'
+  const rig = iavfPingRig(id)
+  const stat = (name: string) => (c: Counters) => c.device[name] ?? Number.NaN
+  const zero = (name: string) => exactly(name, 0, stat(name))
+  return {
+    name: 'iavf-ping',
+    description:
+      `Linux iavf on emu_iavf0 (back-end pair:emu_iavf1, mac=${IAVF_MAC}): ping -c ${PING_COUNT} ${PING_PEER_IP}` +
+      ` answered by the TypeScript responder (src/responder.ts) on emu_iavf1 through IavfPort; counters agree`,
+    modules: ['iavf'],
+    devices: [rig.device],
+    guest: [
+      decimal('found', 1),
+      decimal('bound', 1),
+      equals('mac', IAVF_MAC_HEX),
+      decimal('carrier', 1),
+      decimal('ping_rc', 0),
+      decimal('ping_transmitted', PING_COUNT),
+      decimal('ping_received', PING_COUNT),
+      decimal('ping_distinct_seqs', PING_COUNT),
+      decimal('ping_duplicates', 0),
+      // ATF_COM: the responder's ARP reply completed the entry, with the peer VF's MAC
+      equals('neigh_flags', 0x2),
+      equals('neigh_mac', IAVF_PEER_MAC_HEX),
+      { name: 'stats_rounds', want: '< 8 (counters settled)', ok: (v) => v < 8 },
+      // iavf's counters are emu_iavf0's GET_STATS: they must be its data path's, and hold the
+      // pings and at least one ARP request (and its reply) besides
+      guestSameAs('tx_packets', rig.last, 'dpTxPackets', PING_COUNT),
+      guestSameAs('rx_packets', rig.last, 'dpRxPackets', PING_COUNT),
+      guestSameAs('tx_bytes', rig.last, 'dpTxBytes'),
+      guestSameAs('rx_bytes', rig.last, 'dpRxBytes'),
+      decimal('tx_errors', 0),
+      decimal('rx_errors', 0),
+      decimal('tx_dropped', 0),
+      decimal('rx_dropped', 0),
+      decimal('tx_timeouts', 0),
+      decimal('dmesg_errors', 0),
+      decimal('kernel_warnings', 0),
+    ],
+    host: {
+      [id]: [
+        ...serverChecks(),
+        atLeast('vcOk', 1, iavfStat('vcOk')),
+        ...['vcErrors', 'aqErrors', 'irqsUndelivered', 'arqDropped', 'badAccesses', 'emuErrors'].map(zero),
+        // the data paths lost nothing and saw no bad descriptor
+        ...['dpTxErrors', 'dpRxErrors', 'dpRxDrops', 'peerDpTxErrors', 'peerDpRxErrors', 'peerDpRxDrops'].map(zero),
+        // the peer VF: one client (IavfPort), no errors
+        exactly('peerClients', 1, stat('peerClients')),
+        ...['peerServerErrors', 'peerVcErrors', 'peerAqErrors', 'peerBadAccesses', 'peerEmuErrors', 'portErrors'].map(zero),
+        // the pair: what one VF sent is what the other delivered, both ways
+        sameAs('dpTxPackets', 'peerDpRxPackets'),
+        sameAs('dpTxBytes', 'peerDpRxBytes'),
+        sameAs('peerDpTxPackets', 'dpRxPackets'),
+        sameAs('peerDpTxBytes', 'dpRxBytes'),
+        // the responder got every frame delivered to the peer's RX ring, and sent every frame its TX ring took
+        sameAs('respReceived', 'peerDpRxPackets'),
+        sameAs('respReceivedBytes', 'peerDpRxBytes'),
+        sameAs('respSent', 'peerDpTxPackets'),
+        sameAs('respSentBytes', 'peerDpTxBytes'),
+        // the client's GET_STATS of the peer VF agree with its data path
+        sameAs('clientRxPackets', 'peerDpRxPackets'),
+        sameAs('clientRxBytes', 'peerDpRxBytes'),
+        sameAs('clientTxPackets', 'peerDpTxPackets'),
+        sameAs('clientTxBytes', 'peerDpTxBytes'),
+        sameAs('clientRxBroadcast', 'respReceivedBroadcast'),
+        ...['clientRxDiscards', 'clientTxDiscards', 'clientTxErrors'].map(zero),
+        // every ping answered once; ARP answered; nothing else from the guest, nothing dropped
+        exactly('respEchoRequests', PING_COUNT, stat('respEchoRequests')),
+        exactly('respEchoReplies', PING_COUNT, stat('respEchoReplies')),
+        atLeast('respArpRequests', 1, stat('respArpRequests')),
+        sameAs('respArpReplies', 'respArpRequests'),
+        ...['respIgnored', 'respSendDropped', 'respLoopErrors'].map(zero),
+        exactly('respStopped', 1, stat('respStopped')),
+      ],
+    },
+  }
+}
+
 /**
  * The TypeScript GPIO card (examples/gpio.ts) with its inputs held at
  * `inputs` (no pulse generator) and the outputs in `loopback` wired to the
@@ -402,6 +683,8 @@ const SCENARIOS: readonly Scenario[] = [
   // QEMU maps the sparse doorbell pages of BAR0 into the guest: the driver's tail stores reach
   // the device's memory without a message.
   iavfScenario('iavf-db', 1, true),
+  // Traffic: the guest pings a TypeScript responder on a peer VF through the software data path.
+  iavfPingScenario(),
 ]
 
 // ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@
  * `lspci -vv`; it only reads (see `src/inspect.ts`). A connection that fails
  * exits 1 with one line.
  */
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { parseVdevList, VdevError, DRIVERS, allowedKeys } from './config'
@@ -61,21 +61,28 @@ const SERVE_OPTIONS: Record<string, OptionSpec> = {
   vdev: { type: 'string', multiple: true },
   script: { type: 'string' },
   sock: { type: 'string' },
+  interactive: { type: 'boolean', short: 'i' },
+  trace: { type: 'string' },
 }
 
 const CLIENT_OPTIONS: Record<string, OptionSpec> = {
   help: { type: 'boolean', short: 'h' },
   vdev: { type: 'string', multiple: true },
   json: { type: 'boolean' },
+  fwd: { type: 'string' },
+  duration: { type: 'string' },
+  'tx-first': { type: 'string' },
+  'frame-len': { type: 'string' },
+  trace: { type: 'string' },
 }
+
+/** The forwarding engines of `emudev client --fwd`. */
+const FWD_MODES = ['io', 'macswap', 'rxonly', 'txonly'] as const
 
 const INSPECT_OPTIONS: Record<string, OptionSpec> = {
   help: { type: 'boolean', short: 'h' },
   json: { type: 'boolean' },
 }
-
-/** Options of the data-path issue, refused until it lands. */
-const FUTURE_CLIENT_OPTIONS = ['--fwd', '--duration']
 
 const HELP = `Usage: emudev <command> [options]
 
@@ -105,25 +112,49 @@ Options:
                    default export is a PciDevice, a PciDeviceSpec, or a
                    function returning one (e.g. examples/edu.ts)
   --sock <path>    the socket to serve a --script device on
+  -i, --interactive
+                   an emudev> prompt on stdin, like testpmd's (help lists its
+                   commands); a piped script runs and exits 1 if a command failed
+  --trace <file>   write every vfio-user message, decoded, as JSON lines
   -h, --help       show this help
 
 Drivers:
 ${drivers}
+  backend= of emu_iavf attaches the software data path: loopback, macswap,
+  rxonly, txonly[:LEN], pair:<peer>, pcap:<file>, pcap-replay:<file>, channel
+
+Examples:
+  emudev serve --vdev 'emu_iavf0,sock=/tmp/sock1,queues=1,backend=loopback'
+  emudev serve --vdev 'emu_iavf0,sock=/tmp/s0,backend=pair:emu_iavf1' --vdev 'emu_iavf1,sock=/tmp/s1,backend=pair:emu_iavf0'
+  emudev serve -i --vdev 'emu_iavf0,sock=/tmp/sock1'      (then: port attach net_iavfbe,emu=emu_iavf0)
 `
 }
 
 function clientHelp(): string {
-  return `Usage: emudev client --vdev 'iavf_client,path=<socket>[,queues=N]' [--json]
+  return `Usage: emudev client --vdev 'iavf_client,path=<socket>[,queues=N]' [--fwd MODE] [--duration S] [--json]
 
 Bring up the iavf VF served on <socket> with the iavf client driver: print each
-bring-up step with its duration, the link state and the VSI counters, then shut
-the VF down and exit (0 on link-up, 1 if the bring-up failed).
+bring-up step with its duration and the link state; with --fwd, run a testpmd
+forwarding engine on every queue pair with a live rate line; then print the
+VSI counters, shut the VF down and exit (0 on success, 1 if the bring-up
+failed).
 
 Options:
-  --vdev <device>  the client device string: iavf_client[N],path=<socket>[,queues=N]
-                   (queues: queue pairs to bring up, 1-16, default 1)
-  --json           print one JSON object instead of text
-  -h, --help       show this help
+  --vdev <device>    the client device string: iavf_client[N],path=<socket>[,queues=N]
+                     (queues: queue pairs to bring up, 1-16, default 1)
+  --fwd <mode>       io (send back what arrives), macswap (the same, MACs swapped),
+                     rxonly (count and drop), txonly (send generated frames)
+  --duration <s>     stop forwarding after s seconds (default: at Ctrl-C)
+  --tx-first <n>     bursts of 32 generated frames sent first (default 16 for io
+                     and macswap, else 0), as testpmd's 'start tx_first'
+  --frame-len <n>    bytes of the generated UDP frame, 60-9000 (default 64)
+  --trace <file>     append every vfio-user message, decoded, as JSON lines
+  --json             print one JSON object instead of text
+  -h, --help         show this help
+
+Examples:
+  emudev client --vdev 'iavf_client,path=/tmp/sock1'
+  emudev client --vdev 'iavf_client,path=/tmp/sock1' --fwd io --duration 5
 `
 }
 
@@ -278,6 +309,7 @@ async function serveCommand(args: string[], io: CliIo): Promise<number> {
     return serveScript(values.script, values.sock, io)
   }
   if (values.sock !== undefined) throw new UsageError('emudev serve: --sock goes with --script (use sock= in --vdev)')
+  const traceFile = typeof values.trace === 'string' ? values.trace : undefined
   if (strings.length === 0) throw new UsageError("emudev serve: at least one --vdev is required (e.g. --vdev 'emu_edu0,sock=/tmp/edu.sock')")
   let vdevs
   try {
@@ -302,7 +334,33 @@ async function serveCommand(args: string[], io: CliIo): Promise<number> {
     throw err
   }
   for (const dev of handle.devices) io.stderr(`emudev: ${dev.name} (${describe(dev)}) listening on ${dev.path}\n`)
+  if (traceFile !== undefined) {
+    try {
+      writeFileSync(traceFile, '')
+      for (const dev of handle.devices) dev.server.traceStart(traceFile, dev.name)
+      io.stderr(`emudev: tracing vfio-user messages to ${traceFile}\n`)
+    } catch (err) {
+      stop.cancel()
+      await handle.close()
+      io.stderr(`emudev serve: --trace ${traceFile}: ${err instanceof Error ? err.message : String(err)}\n`)
+      return EXIT_FAILURE
+    }
+  }
   const seen: SeenStats[] = handle.devices.map(() => ({ clients: 0, connected: false, linkEvents: 0 }))
+  if (values.interactive === true) {
+    // The shell owns the terminal: no client-change log lines under the prompt.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { runShell } = require('./shell') as typeof import('./shell')
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { ServeShellHost } = require('./shell-host') as typeof import('./shell-host')
+    const abort = new AbortController()
+    void stop.received.then(() => abort.abort())
+    const failed = await runShell(new ServeShellHost(handle), process.stdin, process.stdout, { signal: abort.signal })
+    stop.cancel()
+    await handle.close()
+    io.stderr('emudev: stopped\n')
+    return failed === 0 ? EXIT_OK : EXIT_FAILURE
+  }
   const timer = setInterval(() => logClientChanges(handle, seen, io), STATS_POLL_MS)
   const signal = await stop.received
   clearInterval(timer)
@@ -329,12 +387,6 @@ function ms(micros: number): string {
 const STEP_WIDTH = 30
 
 async function clientCommand(args: string[], io: CliIo): Promise<number> {
-  for (const arg of args) {
-    const flag = FUTURE_CLIENT_OPTIONS.find((f) => arg === f || arg.startsWith(`${f}=`))
-    if (flag !== undefined) {
-      throw new UsageError(`emudev client: ${flag} is not available yet (it comes with the iavf data path)`)
-    }
-  }
   const { values, positionals } = parseOptions(args, CLIENT_OPTIONS, 'emudev client')
   if (values.help === true) {
     io.stdout(clientHelp())
@@ -357,11 +409,12 @@ async function clientCommand(args: string[], io: CliIo): Promise<number> {
     throw new UsageError(`emudev client: --vdev must be an iavf_client device (got '${strings[0]}')`)
   }
   const json = values.json === true
+  const fwd = parseFwdOptions(values)
   // Loaded here: --help and usage errors work even without a built addon.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { IavfPort } = require('./iavf') as typeof import('./iavf')
   const queues = dev.args.queues ?? 1
-  const port = new IavfPort(dev.args.path, { queues })
+  const port = new IavfPort(dev.args.path, typeof values.trace === 'string' ? { queues, trace: values.trace } : { queues })
   if (!json) {
     io.stdout(`${dev.name}: bringing up the iavf VF on ${dev.args.path} (${queues} queue pair${queues === 1 ? '' : 's'})\n`)
     let n = 0
@@ -372,15 +425,16 @@ async function clientCommand(args: string[], io: CliIo): Promise<number> {
   }
   try {
     const up = await port.start()
-    const stats = await port.stats()
     const total = up.steps.reduce((sum, s) => sum + s.micros, 0)
     const link = up.link.up ? `link up${up.link.speedMbps === null ? '' : `, ${up.link.speedMbps} Mbps`}` : 'link down'
+    if (!json) io.stdout(`${dev.name}: ${link}, mac ${up.mac}, bring-up ${ms(total)} ms\n`)
+    const forwarded = fwd === undefined ? undefined : await runForwarding(port, dev.name, fwd, json, io)
+    const stats = await port.stats()
     if (json) {
       io.stdout(
-        `${JSON.stringify({ device: dev.name, path: dev.args.path, queues, link: up.link, mac: up.mac, totalMicros: total, steps: up.steps, stats })}\n`,
+        `${JSON.stringify({ device: dev.name, path: dev.args.path, queues, link: up.link, mac: up.mac, totalMicros: total, steps: up.steps, stats, ...(forwarded === undefined ? {} : { forward: forwarded }) })}\n`,
       )
     } else {
-      io.stdout(`${dev.name}: ${link}, mac ${up.mac}, bring-up ${ms(total)} ms\n`)
       io.stdout(
         `${dev.name}: stats: rx ${stats.rxBytes} bytes, ${stats.rxUnicast} unicast, ${stats.rxMulticast} multicast, ` +
           `${stats.rxBroadcast} broadcast, ${stats.rxDiscards} discards; tx ${stats.txBytes} bytes, ${stats.txUnicast} unicast, ` +
@@ -395,6 +449,131 @@ async function clientCommand(args: string[], io: CliIo): Promise<number> {
     return EXIT_FAILURE
   } finally {
     await port.close()
+  }
+}
+
+/** What `--fwd`, `--duration`, `--tx-first` and `--frame-len` asked for. */
+interface FwdRequest {
+  mode: (typeof FWD_MODES)[number]
+  /** Undefined: until SIGINT/SIGTERM. */
+  durationMs: number | undefined
+  txFirst: number
+  frameLen: number
+}
+
+/** An integer option in `[lo, hi]`, or a usage error naming it. */
+function intOption(name: string, value: unknown, lo: number, hi: number): number | undefined {
+  if (value === undefined) return undefined
+  const n = Number(value)
+  if (typeof value !== 'string' || value.trim() === '' || !Number.isInteger(n) || n < lo || n > hi) {
+    throw new UsageError(`emudev client: --${name} must be an integer from ${lo} to ${hi} (got '${String(value)}')`)
+  }
+  return n
+}
+
+function parseFwdOptions(values: Record<string, unknown>): FwdRequest | undefined {
+  const mode = values.fwd
+  if (mode === undefined) {
+    for (const k of ['duration', 'tx-first', 'frame-len']) {
+      if (values[k] !== undefined) throw new UsageError(`emudev client: --${k} goes with --fwd`)
+    }
+    return undefined
+  }
+  if (!FWD_MODES.includes(mode as (typeof FWD_MODES)[number])) {
+    throw new UsageError(`emudev client: --fwd must be one of ${FWD_MODES.join(', ')} (got '${String(mode)}')`)
+  }
+  const m = mode as (typeof FWD_MODES)[number]
+  const seconds = values.duration === undefined ? undefined : Number(values.duration)
+  if (seconds !== undefined && (typeof values.duration !== 'string' || !Number.isFinite(seconds) || seconds <= 0 || seconds > 86_400)) {
+    throw new UsageError(`emudev client: --duration must be seconds, more than 0 and at most 86400 (got '${String(values.duration)}')`)
+  }
+  return {
+    mode: m,
+    durationMs: seconds === undefined ? undefined : Math.round(seconds * 1000),
+    // io and macswap have nothing to forward until something is sent (testpmd's start tx_first).
+    txFirst: intOption('tx-first', values['tx-first'], 0, 1024) ?? (m === 'io' || m === 'macswap' ? 16 : 0),
+    frameLen: intOption('frame-len', values['frame-len'], 60, 9000) ?? 64,
+  }
+}
+
+/** The forward summary `--json` prints and the text mode describes. */
+interface ForwardSummary {
+  mode: string
+  seconds: number
+  rxPackets: number
+  rxBytes: number
+  txPackets: number
+  txBytes: number
+  txDropped: number
+  rxMpps: number
+  rxGbps: number
+}
+
+/** Runs the forwarding engine with a live view until its duration or a signal. */
+async function runForwarding(
+  port: import('./iavf').IavfPort,
+  name: string,
+  req: FwdRequest,
+  json: boolean,
+  io: CliIo,
+): Promise<ForwardSummary> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { startLive, MAX_LIVE_MS } = require('./live') as typeof import('./live')
+  const stop = stopSignal()
+  const options = { mode: req.mode, txFirst: req.txFirst, frameLen: req.frameLen, ...(req.durationMs === undefined ? {} : { durationMs: req.durationMs }) }
+  if (!json) {
+    const until = req.durationMs === undefined ? 'until Ctrl-C' : `for ${req.durationMs / 1000} s`
+    io.stdout(`${name}: forwarding (${req.mode}${req.txFirst > 0 ? `, tx_first ${req.txFirst}` : ''}, ${req.frameLen}-byte frames) ${until}\n`)
+  }
+  const running = port.forward(options)
+  void stop.received.then(() => port.stopForward())
+  const live = json
+    ? undefined
+    : startLive({
+        sample: () => {
+          const s = port.forwardStats()
+          return [
+            {
+              port: '0',
+              counters: {
+                rxPackets: s?.rxPackets ?? 0,
+                rxBytes: s?.rxBytes ?? 0,
+                txPackets: s?.txPackets ?? 0,
+                txBytes: s?.txBytes ?? 0,
+                drops: s?.txDropped ?? 0,
+                errors: 0,
+              },
+            },
+          ]
+        },
+        output: { write: (t: string) => io.stdout(t), isTTY: process.stdout.isTTY === true },
+        durationMs: (req.durationMs ?? MAX_LIVE_MS) + 5000,
+        printSummary: false,
+      })
+  try {
+    const r = await running
+    live?.stop()
+    const summary: ForwardSummary = {
+      mode: req.mode,
+      seconds: r.seconds,
+      rxPackets: r.rxPackets,
+      rxBytes: r.rxBytes,
+      txPackets: r.txPackets,
+      txBytes: r.txBytes,
+      txDropped: r.txDropped,
+      rxMpps: r.seconds > 0 ? r.rxPackets / r.seconds / 1e6 : 0,
+      rxGbps: r.seconds > 0 ? (r.rxBytes * 8) / r.seconds / 1e9 : 0,
+    }
+    if (!json) {
+      io.stdout(
+        `${name}: forwarded for ${r.seconds.toFixed(2)} s: rx ${r.rxPackets} packets (${summary.rxMpps.toFixed(3)} Mpps, ` +
+          `${summary.rxGbps.toFixed(2)} Gbit/s), tx ${r.txPackets} packets, ${r.txDropped} dropped (TX ring full)\n`,
+      )
+    }
+    return summary
+  } finally {
+    live?.stop()
+    stop.cancel()
   }
 }
 

@@ -98,7 +98,7 @@ const KEYS: { readonly [D in DriverName]: Readonly<Record<string, KeySpec>> } = 
     queues: { required: false, validate: integerIn(IAVF_QUEUES.min, IAVF_QUEUES.max) },
     mac: { required: false, validate: unicastMac },
     mtu: { required: false, validate: integerIn(IAVF_MTU.min, IAVF_MTU.max) },
-    backend: { required: false, validate: asIs },
+    backend: { required: false, validate: backendSpec },
   },
   iavf_client: {
     path: { required: true, validate: socketPath },
@@ -242,6 +242,16 @@ function unicastMac(value: string, key: string, device: string): string {
 }
 
 /** Free-form values: which back-ends exist is for the native data path to say, not this table. */
-function asIs(value: string): string {
+/** The forms of `backend=` (the native side builds them; this checks their shape early). */
+export const BACKEND_FORMS = ['loopback', 'macswap', 'rxonly', 'txonly[:LEN]', 'pair:<peer>', 'pcap:<file>', 'pcap-replay:<file>', 'channel'] as const
+
+function backendSpec(value: string, key: string, device: string): string {
+  const ok =
+    ['loopback', 'macswap', 'rxonly', 'txonly', 'channel'].includes(value) ||
+    /^txonly:[0-9]+$/.test(value) ||
+    /^pair:[A-Za-z0-9_]+$/.test(value) ||
+    /^(pcap|pcap-replay):.+$/.test(value)
+  if (!ok) throw new ValueError(`bad value '${value}' for '${key}' of ${device} (expected ${BACKEND_FORMS.join(', ')})`)
+  if (value === `pair:${device}`) throw new ValueError(`bad value '${value}' for '${key}' of ${device} (a device cannot be paired with itself)`)
   return value
 }

@@ -8,6 +8,9 @@
  * port.on('link', (l) => console.log('link', l.up ? 'up' : 'down', l.speedMbps))
  * const { link, mac, steps } = await port.start()
  * console.log(port.link, port.mac, await port.stats())
+ * await port.send([frame])                           // TX queue 0
+ * for await (const f of port.packets()) { ... }       // RX queue 0, until close() or abort
+ * await port.forward({ mode: 'io', durationMs: 5000 }) // testpmd-style engine, native speed
  * await port.reset()                                  // VIRTCHNL_OP_RESET_VF and up again
  * await port.close()
  * ```
@@ -21,7 +24,34 @@
  */
 import { native } from './native'
 import { TypedEmitter } from './emitter'
-import type { IavfPortEvent, IavfPortOptions, IavfPortStats, IavfStartResult } from '../index.js'
+import type {
+  IavfForwardOptions,
+  IavfForwardStats,
+  IavfPortEvent,
+  IavfPortOptions,
+  IavfPortStats,
+  IavfStartResult,
+} from '../index.js'
+
+export type { IavfForwardOptions, IavfForwardStats }
+
+/** Options of {@link IavfPort.receive} and {@link IavfPort.packets}. */
+export interface ReceiveOptions {
+  /** RX queue (default 0). */
+  queue?: number
+  /** Most frames per call (default 32). */
+  max?: number
+  /** Wait up to this long for the first frame (default 0: return at once). */
+  timeoutMs?: number
+}
+
+/** Options of {@link IavfPort.packets}. */
+export interface PacketsOptions {
+  /** RX queue (default 0). */
+  queue?: number
+  /** Ends the iteration when aborted. */
+  signal?: AbortSignal
+}
 
 /** The native class this module wraps. */
 export type NativeIavfPort = InstanceType<typeof native.NativeIavfPort>
@@ -191,6 +221,72 @@ export class IavfPort extends TypedEmitter<IavfPortEvents> {
   async stats(): Promise<IavfPortStats> {
     const n = await this.#connect()
     return n.stats()
+  }
+
+  /**
+   * Sends `frames` (whole Ethernet frames, without FCS) on TX queue `queue`
+   * (default 0). Resolves with how many were queued: fewer than given when
+   * the ring is full. Rejects with `ERR_EMUDEV_NOT_READY` before `start()`.
+   */
+  async send(frames: readonly Buffer[], queue = 0): Promise<number> {
+    const n = await this.#connect()
+    return n.send([...frames], queue)
+  }
+
+  /**
+   * Received frames from RX queue `queue` (default 0), at most `max`;
+   * waits up to `timeoutMs` for the first one. Resolves with an empty array
+   * when none came.
+   */
+  async receive(options: ReceiveOptions = {}): Promise<Buffer[]> {
+    const n = await this.#connect()
+    return n.receive(options.queue ?? 0, options.max ?? 32, options.timeoutMs ?? 0)
+  }
+
+  /**
+   * Every frame received on queue `queue`, as it comes, until the port is
+   * closed or `signal` aborts (each wait is bounded: at most 100 ms between
+   * looks at the signal).
+   */
+  async *packets(options: PacketsOptions = {}): AsyncGenerator<Buffer, void, undefined> {
+    const queue = options.queue ?? 0
+    while (!this.#closed && options.signal?.aborted !== true) {
+      let got: Buffer[]
+      try {
+        got = await this.receive({ queue, max: 64, timeoutMs: 100 })
+      } catch (err) {
+        if (this.#closed) return
+        throw err
+      }
+      for (const f of got) yield f
+    }
+  }
+
+  /** The frames of queue 0 (see {@link IavfPort.packets}). */
+  [Symbol.asyncIterator](): AsyncGenerator<Buffer, void, undefined> {
+    return this.packets()
+  }
+
+  /**
+   * Runs a testpmd forwarding engine natively on every queue pair (`io`,
+   * `macswap`, `rxonly`, `txonly`; `txFirst` bursts of a generated
+   * 198.18.0.1 -> 198.19.0.1 UDP frame first) until `durationMs` passes,
+   * {@link IavfPort.stopForward} or `close()`. Resolves with its counters;
+   * {@link IavfPort.forwardStats} reads them while it runs.
+   */
+  async forward(options: IavfForwardOptions = {}): Promise<IavfForwardStats> {
+    const n = await this.#connect()
+    return n.forward(options)
+  }
+
+  /** Stops a running {@link IavfPort.forward} (it resolves right after). */
+  stopForward(): void {
+    this.#native?.stopForward()
+  }
+
+  /** The running (or last) forward's counters, or null before the first. */
+  forwardStats(): IavfForwardStats | null {
+    return this.#native?.forwardStats() ?? null
   }
 
   /**

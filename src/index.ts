@@ -86,7 +86,18 @@ export type {
   IavfStepEvent,
   IavfPortStart,
   IavfPortEvents,
+  IavfForwardOptions,
+  IavfForwardStats,
+  ReceiveOptions,
+  PacketsOptions,
 } from './iavf'
+export { Responder, internetChecksum } from './responder'
+export type { ResponderOptions, ResponderStats, ResponderPort, IgnoreReason, Verdict } from './responder'
+export { runShell, Shell } from './shell'
+export { ServeShellHost } from './shell-host'
+export type { ShellHost } from './shell-host'
+export { startLive } from './live'
+export type { LiveOptions, LiveView, LiveSummary, PortCounters } from './live'
 export { VfioUserClient, ClientError } from './client'
 export type { IrqEvent, ClientEvents, AllocDmaOptions } from './client'
 export { TypedEmitter } from './emitter'

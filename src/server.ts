@@ -6,10 +6,14 @@
  * runs on its own native thread and none keeps Node alive by itself. The
  * returned handle's `close()` stops them all and removes their sockets.
  *
- * Drivers that cannot be served (`iavf_client` is a client, not a device) and
- * options that are not available yet (`backend=` of `emu_iavf`, which belongs
- * to the data path) are rejected up front, before any socket is touched, with
- * a {@link ServeError} whose code is {@link DRIVER_UNAVAILABLE_CODE}.
+ * `emu_iavf`'s `backend=` attaches the software data path (`loopback`,
+ * `macswap`, `rxonly`, `txonly[:LEN]`, `pair:<peer>`, `pcap:<file>`,
+ * `pcap-replay:<file>`, `channel`); `pair:` peers are other devices of the same
+ * process, in any order.
+ *
+ * Drivers that cannot be served (`iavf_client` is a client, not a device) are
+ * rejected up front, before any socket is touched, with a {@link ServeError}
+ * whose code is {@link DRIVER_UNAVAILABLE_CODE}.
  */
 import type { Vdev } from './config'
 import { native, isNativeError } from './native'
@@ -50,7 +54,7 @@ export interface ServedDevice {
   /** The native server. */
   readonly server: NativeServer
   /** For `emu_iavf`: queue pairs, MAC and MTU as configured (defaults filled in). */
-  readonly iavf?: { queues: number; mac: string; mtu: number }
+  readonly iavf?: { queues: number; mac: string; mtu: number; backend: string | null }
 }
 
 /** What {@link serve} returns. */
@@ -64,9 +68,6 @@ export interface ServeHandle {
 /** Why `dev` cannot be served now, or undefined if it can. */
 function unavailable(dev: Vdev): string | undefined {
   if (dev.driver === 'iavf_client') return `${dev.name}: iavf_client is a client driver (use 'emudev client')`
-  if (dev.driver === 'emu_iavf' && dev.args.backend !== undefined) {
-    return `${dev.name}: backend= is for the iavf data path, which is not available yet`
-  }
   return undefined
 }
 
@@ -75,11 +76,12 @@ function listen(dev: Vdev): ServedDevice {
     case 'emu_edu':
       return { name: dev.name, driver: dev.driver, path: dev.args.sock, server: native.NativeServer.listenEdu(dev.args.sock) }
     case 'emu_iavf': {
-      const { sock, queues, mac, mtu } = dev.args
+      const { sock, queues, mac, mtu, backend } = dev.args
       const options: IavfServerOptions = { name: dev.name }
       if (queues !== undefined) options.queues = queues
       if (mac !== undefined) options.mac = mac
       if (mtu !== undefined) options.mtu = mtu
+      if (backend !== undefined) options.backend = backend
       const server = native.NativeServer.listenIavf(sock, options)
       const state = server.iavfState()
       return {
@@ -87,7 +89,7 @@ function listen(dev: Vdev): ServedDevice {
         driver: dev.driver,
         path: sock,
         server,
-        iavf: { queues: state.queuePairs, mac: state.macs[0] ?? '', mtu: mtu ?? 1500 },
+        iavf: { queues: state.queuePairs, mac: state.macs[0] ?? '', mtu: mtu ?? 1500, backend: backend ?? null },
       }
     }
     default:

@@ -8,9 +8,11 @@
 //! client's received packets over a measured window after a warm-up; each size is run a few
 //! times and the median printed with every run.
 //!
-//! Then, if `dpdk-testpmd` is installed, the same invocation runs the DPDK reference
-//! (`/work/shared/bench/dpdk-loopback.sh memif|vhost <secs> <bytes>`, or `EMUDEV_DPDK_SCRIPT`)
-//! and prints emudev's median as a ratio of each.
+//! If `dpdk-testpmd` is installed, the same invocation runs the DPDK reference
+//! (`/work/shared/bench/dpdk-loopback.sh memif|vhost <secs> <bytes> 1`, or
+//! `EMUDEV_DPDK_SCRIPT`) alternating with emudev run by run (this machine is noisy: a slow
+//! spell then hits both), prints every run, the medians, and emudev's median as a ratio of
+//! each reference's.
 //!
 //! `cargo bench -p emudev-benches --bench datapath`
 //!
@@ -131,21 +133,21 @@ fn run_once(dir: &Path, n: usize, size: usize, secs: u64, pin: bool, mmap: bool)
     rate
 }
 
-/// The DPDK reference's median Mpps for `kind` at `size` bytes, parsed from the script's
-/// "<kind> <bytes>B Mpps <median> Gbps <median> runs ..." line.
+/// One run of the DPDK reference for `kind` at `size` bytes: its Mpps, parsed from the
+/// script's "<kind> <bytes>B Mpps <median> Gbps <median> runs ..." line (runs=1).
 fn dpdk(script: &Path, kind: &str, secs: u64, size: usize) -> Option<f64> {
     let out = Command::new("bash")
         .arg(script)
         .arg(kind)
         .arg(secs.to_string())
         .arg(size.to_string())
+        .arg("1")
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
         .find(|l| l.starts_with(kind) && l.contains(" Mpps "))?;
-    println!("  dpdk: {line}");
     let mut words = line.split_whitespace();
     words.find(|w| *w == "Mpps")?;
     let mpps: f64 = words.next()?.parse().ok()?;
@@ -181,49 +183,73 @@ fn main() {
         INJECT_BURSTS * BURST,
         load()
     );
-    let mut results = Vec::new();
-    let mut n = 0;
-    for size in SIZES {
-        let mut rates = Vec::new();
-        for _ in 0..runs {
-            rates.push(run_once(&dir, n, size, secs, pin, mmap) / 1e6);
-            n += 1;
-        }
-        let list: Vec<String> = rates.iter().map(|r| format!("{r:.3}")).collect();
-        let m = median(rates);
-        println!(
-            "emudev {size}B Mpps {m:.3} Gbps {:.2} runs {}",
-            m * 1e6 * size as f64 * 8.0 / 1e9,
-            list.join(" ")
-        );
-        results.push((size, m));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-
-    if std::env::var("EMUDEV_BENCH_DPDK").is_ok_and(|v| v == "0") {
-        return;
-    }
-    let have = Command::new("sh")
-        .args(["-c", "command -v dpdk-testpmd"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        println!("dpdk-testpmd not installed: no DPDK reference (apt-get install -y dpdk)");
-        return;
+    let use_dpdk = !std::env::var("EMUDEV_BENCH_DPDK").is_ok_and(|v| v == "0");
+    let have = use_dpdk
+        && Command::new("sh")
+            .args(["-c", "command -v dpdk-testpmd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if use_dpdk && !have {
+        println!("dpdk-testpmd not installed: no DPDK reference (apt-get install -y dpdk-dev)");
     }
     let script = std::env::var("EMUDEV_DPDK_SCRIPT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("/work/shared/bench/dpdk-loopback.sh"));
-    println!("DPDK reference ({}, load {})", script.display(), load());
-    for (size, ours) in results {
-        for kind in ["memif", "vhost"] {
-            match dpdk(&script, kind, secs, size) {
-                Some(theirs) => println!(
-                    "ratio emudev/{kind} {size}B {:.3} ({ours:.3} / {theirs:.3} Mpps)",
-                    ours / theirs
-                ),
-                None => println!("ratio emudev/{kind} {size}B: no DPDK figure"),
+    let kinds: &[&str] = if have { &["memif", "vhost"] } else { &[] };
+    if have {
+        println!(
+            "DPDK reference: {} (testpmd io forward, same sizes, pinning and packets in flight); \
+             emudev and each reference alternate run by run",
+            script.display()
+        );
+    }
+    let mut n = 0;
+    for size in SIZES {
+        let mut ours = Vec::new();
+        let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+        for run in 1..=runs {
+            let r = run_once(&dir, n, size, secs, pin, mmap) / 1e6;
+            n += 1;
+            println!("  run {run} emudev {size}B {r:.3} Mpps (load {})", load());
+            ours.push(r);
+            for (k, kind) in kinds.iter().enumerate() {
+                match dpdk(&script, kind, secs, size) {
+                    Some(m) => {
+                        println!("  run {run} {kind} {size}B {m:.3} Mpps");
+                        theirs[k].push(m);
+                    }
+                    None => println!("  run {run} {kind} {size}B: no figure"),
+                }
             }
         }
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let m = median(ours.clone());
+        println!(
+            "emudev {size}B Mpps {m:.3} Gbps {:.2} runs {}",
+            m * 1e6 * size as f64 * 8.0 / 1e9,
+            list(&ours)
+        );
+        for (k, kind) in kinds.iter().enumerate() {
+            if theirs[k].is_empty() {
+                println!("ratio emudev/{kind} {size}B: no DPDK figure");
+                continue;
+            }
+            let t = median(theirs[k].clone());
+            println!(
+                "{kind} {size}B Mpps {t:.3} Gbps {:.2} runs {}",
+                t * 1e6 * size as f64 * 8.0 / 1e9,
+                list(&theirs[k])
+            );
+            println!(
+                "ratio emudev/{kind} {size}B {:.3} ({m:.3} / {t:.3} Mpps)",
+                m / t
+            );
+        }
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }

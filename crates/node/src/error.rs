@@ -64,6 +64,8 @@ pub enum ErrorCode {
     IavfRefused,
     /// The iavf PF answered something unusable.
     IavfProtocol,
+    /// The resource is taken (a data path already attached, a pair peer already paired).
+    Busy,
 }
 
 impl ErrorCode {
@@ -80,6 +82,7 @@ impl ErrorCode {
             Self::NotReady => "ERR_EMUDEV_NOT_READY",
             Self::IavfRefused => "ERR_EMUDEV_IAVF_REFUSED",
             Self::IavfProtocol => "ERR_EMUDEV_IAVF_PROTOCOL",
+            Self::Busy => "ERR_EMUDEV_BUSY",
         }
     }
 }

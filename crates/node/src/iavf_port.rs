@@ -30,15 +30,17 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use emudev_iavf::device::format_mac;
 use emudev_iavf::driver::{
-    DriverConfig, DriverError, DriverEvent, DriverState, EnableMode, IavfDriver, LinkInfo,
-    StepRecord,
+    DriverConfig, DriverError, DriverEvent, DriverState, EnableMode, FwdConfig, FwdCounters,
+    FwdMode, FwdStats, IavfDriver, LinkInfo, StepRecord, MAX_BURST,
 };
 use emudev_iavf::spec::virtchnl::EthStats;
-use napi::bindgen_prelude::{AsyncTask, Function, ToNapiValue, TypeName};
+use emudev_vfio_user::client::{Client, ClientConfig};
+use emudev_vfio_user::trace::TraceSwitch;
+use napi::bindgen_prelude::{AsyncTask, Buffer, Function, ToNapiValue, TypeName};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status, Task};
 use napi_derive::napi;
@@ -81,6 +83,9 @@ pub struct JsIavfPortOptions {
     pub device_reset: Option<bool>,
     /// Share the DMA memory's fd with the server (default true).
     pub share_fd: Option<bool>,
+    /// Append every vfio-user message of this connection, decoded, as JSON lines to this file
+    /// (`--trace FILE`).
+    pub trace: Option<String>,
 }
 
 fn integer_option(key: &str, value: f64, lo: f64, hi: f64) -> Result<f64, NativeError> {
@@ -243,6 +248,81 @@ impl JsIavfPortStats {
     }
 }
 
+/// Options of `NativeIavfPort.forward`: a testpmd forwarding engine on every queue pair.
+#[napi(object, object_to_js = false, js_name = "IavfForwardOptions")]
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JsIavfForwardOptions {
+    /// `'io'` (default), `'macswap'`, `'rxonly'` or `'txonly'`.
+    #[napi(ts_type = "'io' | 'macswap' | 'rxonly' | 'txonly'")]
+    pub mode: Option<String>,
+    /// Stop after this many milliseconds (default: only `stopForward()` or `close()` stop it).
+    pub duration_ms: Option<f64>,
+    /// Packets per burst, 1 to 64 (default 32).
+    pub burst: Option<f64>,
+    /// Bursts of the generated frame sent per queue before forwarding (testpmd `tx_first`;
+    /// default 0).
+    pub tx_first: Option<f64>,
+    /// Length of the generated UDP/IPv4 frame (198.18.0.1 -> 198.19.0.1), 60 to the buffer
+    /// size (default 64).
+    pub frame_len: Option<f64>,
+}
+
+/// Counters of `forward()`.
+#[napi(object, object_from_js = false, js_name = "IavfForwardStats")]
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JsIavfForwardStats {
+    /// Packets received.
+    pub rx_packets: f64,
+    /// Their bytes.
+    pub rx_bytes: f64,
+    /// Packets sent.
+    pub tx_packets: f64,
+    /// Their bytes.
+    pub tx_bytes: f64,
+    /// Packets dropped because the TX ring was full.
+    pub tx_dropped: f64,
+    /// Seconds the engine ran (the last call's; 0 from `forwardStats()`).
+    pub seconds: f64,
+}
+
+impl JsIavfForwardStats {
+    fn new(s: &FwdStats, seconds: f64) -> Self {
+        JsIavfForwardStats {
+            rx_packets: s.rx_packets as f64,
+            rx_bytes: s.rx_bytes as f64,
+            tx_packets: s.tx_packets as f64,
+            tx_bytes: s.tx_bytes as f64,
+            tx_dropped: s.tx_dropped as f64,
+            seconds,
+        }
+    }
+}
+
+impl JsIavfForwardOptions {
+    fn to_config(&self) -> Result<FwdConfig, NativeError> {
+        let mut c = FwdConfig::default();
+        if let Some(m) = &self.mode {
+            c.mode = m
+                .parse::<FwdMode>()
+                .map_err(|e| invalid_arg(e.to_string()))?;
+        }
+        if let Some(ms) = self.duration_ms {
+            let ms = integer_option("durationMs", ms, 0.0, 86_400_000.0)?;
+            c.deadline = Some(Instant::now() + Duration::from_millis(ms as u64));
+        }
+        if let Some(b) = self.burst {
+            c.burst = integer_option("burst", b, 1.0, MAX_BURST as f64)? as usize;
+        }
+        if let Some(n) = self.tx_first {
+            c.tx_first = integer_option("txFirst", n, 0.0, 1024.0)? as usize;
+        }
+        if let Some(n) = self.frame_len {
+            c.frame_len = integer_option("frameLen", n, 60.0, 16_384.0)? as usize;
+        }
+        Ok(c)
+    }
+}
+
 /// Something the port reports to `onEvent`, tagged by `type`:
 ///
 /// - `'link'`: `up`, `speedMbps`, `mac` (a LINK_CHANGE from the PF);
@@ -347,6 +427,12 @@ pub fn driver_error(e: &DriverError) -> NativeError {
     }
 }
 
+/// A queue argument: 0 by default, and a u16.
+fn port_queue(q: Option<u32>) -> Result<u16, NativeError> {
+    u16::try_from(q.unwrap_or(0))
+        .map_err(|_| invalid_arg(format!("queue {} does not exist", q.unwrap_or(0))))
+}
+
 /// `DriverState` as JavaScript sees it.
 fn state_name(s: DriverState) -> &'static str {
     match s {
@@ -410,6 +496,10 @@ struct Shared {
     events: Mutex<Option<Arc<EventTsfn>>>,
     watch: Watch,
     runs: AtomicU32,
+    /// Tells a running `forward()` to stop (set by `stopForward()` and `close()`).
+    fwd_stop: AtomicBool,
+    /// The counters of the running or last `forward()`.
+    fwd: Mutex<Option<Arc<FwdCounters>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -518,6 +608,7 @@ impl Shared {
     /// shutting down, so a concurrent close waits for this one.
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.fwd_stop.store(true, Ordering::SeqCst);
         self.watch.shutdown();
         let driver = lock(&self.driver).take();
         if let Some(d) = driver {
@@ -552,11 +643,24 @@ impl NativeIavfPort {
     fn open(
         path: &str,
         config: DriverConfig,
+        trace: Option<String>,
         tsfn: Option<EventTsfn>,
     ) -> Result<Self, NativeError> {
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| errno_error_with_message(e.raw_os_error(), format!("eventfd: {e}")))?;
-        let driver = IavfDriver::connect(path).map_err(|e| driver_error(&e))?;
+        let driver = match trace {
+            Some(t) => {
+                let tracer = crate::trace::FileTracer::open(&t, "iavf_client")?;
+                let config = ClientConfig {
+                    trace: Some(Arc::new(TraceSwitch::with_tracer(tracer))),
+                    ..ClientConfig::default()
+                };
+                let client = Client::connect_with(path, config)
+                    .map_err(|e| driver_error(&DriverError::Transport(e)))?;
+                IavfDriver::new(client)
+            }
+            None => IavfDriver::connect(path).map_err(|e| driver_error(&e))?,
+        };
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             driver: Mutex::new(Some(driver)),
@@ -574,6 +678,8 @@ impl NativeIavfPort {
                 thread: Mutex::new(None),
             },
             runs: AtomicU32::new(0),
+            fwd_stop: AtomicBool::new(false),
+            fwd: Mutex::new(None),
         });
         let me = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -712,6 +818,7 @@ impl<T: ToNapiValue + TypeName + Send + 'static> Task for PortOp<T> {
 pub struct ConnectPort {
     path: String,
     config: DriverConfig,
+    trace: Option<String>,
     tsfn: Option<EventTsfn>,
 }
 
@@ -731,6 +838,7 @@ impl Task for ConnectPort {
         Ok(NativeIavfPort::open(
             &self.path,
             self.config.clone(),
+            self.trace.take(),
             self.tsfn.take(),
         ))
     }
@@ -757,7 +865,9 @@ impl NativeIavfPort {
         options: Option<JsIavfPortOptions>,
         on_event: Option<OnEvent<'_>>,
     ) -> napi::Result<AsyncTask<ConnectPort>, ErrorCode> {
-        let config = options.unwrap_or_default().to_config()?;
+        let options = options.unwrap_or_default();
+        let config = options.to_config()?;
+        let trace = options.trace.clone();
         let tsfn = match on_event {
             Some(f) => Some(
                 f.build_threadsafe_function::<JsIavfPortEvent>()
@@ -768,7 +878,12 @@ impl NativeIavfPort {
             ),
             None => None,
         };
-        Ok(AsyncTask::new(ConnectPort { path, config, tsfn }))
+        Ok(AsyncTask::new(ConnectPort {
+            path,
+            config,
+            trace,
+            tsfn,
+        }))
     }
 
     /// The socket path.
@@ -825,6 +940,103 @@ impl NativeIavfPort {
         self.bring_up(true).map(AsyncTask::new)
     }
 
+    /// Queues `frames` on TX queue `queue` (default 0), copied into the port's DMA buffers,
+    /// and rings the doorbell once. Resolves with how many were queued: fewer than given when
+    /// the ring is full (send the rest later). Rejects with `ERR_EMUDEV_NOT_READY` before
+    /// `start()`, `ERR_EMUDEV_INVALID_ARG` for an empty frame or an unknown queue.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn send(
+        &self,
+        frames: Vec<Buffer>,
+        queue: Option<u32>,
+    ) -> napi::Result<AsyncTask<PortOp<u32>>, ErrorCode> {
+        let queue = port_queue(queue)?;
+        if frames.iter().any(|f| f.is_empty()) {
+            return Err(invalid_arg("send: empty frame"));
+        }
+        // Copied here, on the JS thread: the worker never reads JS memory.
+        let frames: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
+        self.op(move |_, d| {
+            let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            let n = d.tx_burst(queue, &refs).map_err(|e| driver_error(&e))?;
+            // n <= frames.len(), which came from a JS array.
+            Ok(n as u32)
+        })
+        .map(AsyncTask::new)
+    }
+
+    /// Takes up to `max` (default 32, at most 1024) received frames from RX queue `queue`
+    /// (default 0). With `timeoutMs` > 0 it waits up to that long for the first frame
+    /// (polling, on a worker); resolves with an empty array if none came.
+    #[napi(ts_return_type = "Promise<Buffer[]>")]
+    pub fn receive(
+        &self,
+        queue: Option<u32>,
+        max: Option<u32>,
+        timeout_ms: Option<u32>,
+    ) -> napi::Result<AsyncTask<PortOp<Vec<Buffer>>>, ErrorCode> {
+        let queue = port_queue(queue)?;
+        let max = max.unwrap_or(32).clamp(1, 1024) as usize;
+        let wait = Duration::from_millis(u64::from(timeout_ms.unwrap_or(0).min(60_000)));
+        self.op(move |shared, d| {
+            let end = Instant::now() + wait;
+            let mut out = Vec::new();
+            let mut nap = Duration::from_micros(50);
+            loop {
+                d.rx_burst(queue, &mut out, max)
+                    .map_err(|e| driver_error(&e))?;
+                if !out.is_empty() || Instant::now() >= end || shared.closed.load(Ordering::SeqCst)
+                {
+                    break;
+                }
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(2));
+            }
+            Ok(out.into_iter().map(Buffer::from).collect())
+        })
+        .map(AsyncTask::new)
+    }
+
+    /// Runs a testpmd forwarding engine (`io`, `macswap`, `rxonly`, `txonly`) on every queue
+    /// pair, on a worker, until `durationMs` passes, `stopForward()` or `close()`; resolves
+    /// with the counters. The port's other requests wait until it ends; `forwardStats()`
+    /// reads the counters meanwhile.
+    #[napi(ts_return_type = "Promise<IavfForwardStats>")]
+    pub fn forward(
+        &self,
+        options: Option<JsIavfForwardOptions>,
+    ) -> napi::Result<AsyncTask<PortOp<JsIavfForwardStats>>, ErrorCode> {
+        let options = options.unwrap_or_default();
+        // Validated now; the deadline is set again when the engine starts.
+        options.to_config()?;
+        let counters = Arc::new(FwdCounters::default());
+        *lock(&self.shared.fwd) = Some(counters.clone());
+        self.shared.fwd_stop.store(false, Ordering::SeqCst);
+        self.op(move |shared, d| {
+            let cfg = options.to_config()?;
+            let t0 = Instant::now();
+            let s = d
+                .forward(&cfg, &counters, &shared.fwd_stop)
+                .map_err(|e| driver_error(&e))?;
+            Ok(JsIavfForwardStats::new(&s, t0.elapsed().as_secs_f64()))
+        })
+        .map(AsyncTask::new)
+    }
+
+    /// Tells a running `forward()` to stop (it resolves right after).
+    #[napi]
+    pub fn stop_forward(&self) {
+        self.shared.fwd_stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The counters of the running (or last) `forward()`, or `null` before the first.
+    #[napi]
+    pub fn forward_stats(&self) -> Option<JsIavfForwardStats> {
+        lock(&self.shared.fwd)
+            .as_ref()
+            .map(|c| JsIavfForwardStats::new(&c.snapshot(), 0.0))
+    }
+
     /// GET_STATS: the VSI's counters. Rejects with `ERR_EMUDEV_NOT_READY` before `start()`.
     #[napi(ts_return_type = "Promise<IavfPortStats>")]
     pub fn stats(&self) -> napi::Result<AsyncTask<PortOp<JsIavfPortStats>>, ErrorCode> {
@@ -848,6 +1060,7 @@ impl Drop for NativeIavfPort {
     /// waiting for it) and releases the callback; the driver goes with the last request.
     fn drop(&mut self) {
         if !self.shared.closed.swap(true, Ordering::SeqCst) {
+            self.shared.fwd_stop.store(true, Ordering::SeqCst);
             self.shared.watch.stop.store(true, Ordering::SeqCst);
             self.shared.watch.kick();
             let tsfn = lock(&self.shared.events).take();
@@ -906,13 +1119,13 @@ mod tests {
         let cfg = IavfConfig::new("emu_iavf0")
             .with_queues(queues)
             .with_mac([0x02, 0, 0, 0x12, 0x34, 0x56]);
-        let server = NativeServer::start_iavf(&path, cfg).expect("server");
+        let server = NativeServer::start_iavf(&path, cfg, None).expect("server");
         (path, server)
     }
 
     fn port(path: &str, options: JsIavfPortOptions) -> NativeIavfPort {
         let cfg = options.to_config().expect("options");
-        NativeIavfPort::open(path, cfg, None).expect("connect")
+        NativeIavfPort::open(path, cfg, None, None).expect("connect")
     }
 
     fn opts(queues: u16) -> JsIavfPortOptions {
@@ -1080,6 +1293,7 @@ mod tests {
             "/nonexistent-emudev-dir/iavf.sock",
             DriverConfig::default(),
             None,
+            None,
         )
         .expect_err("no socket");
         assert_eq!(err.status.as_str(), "ERR_VFU_ENOENT");
@@ -1097,6 +1311,7 @@ mod tests {
             enable_mode: Some("all-at-once".into()),
             device_reset: Some(false),
             share_fd: Some(false),
+            trace: None,
         }
         .to_config()
         .expect("all options");

@@ -49,12 +49,14 @@ use napi_derive::napi;
 
 pub mod async_client;
 pub mod client;
+mod datapath;
 pub mod device;
 pub mod dispatch;
 pub mod error;
 pub mod iavf_port;
 pub mod raw;
 pub mod server;
+mod trace;
 
 use error::{invalid_arg, Errno, ErrorCode, NativeError};
 

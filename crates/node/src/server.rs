@@ -210,6 +210,9 @@ pub struct JsIavfServerOptions {
     /// Offer the TX/RX tail registers as mmappable doorbell pages (BAR0 pages 0x0000 and
     /// 0x2000); trapped tail writes keep working for clients that do not map them.
     pub doorbell_pages: Option<bool>,
+    /// Attach the software data path with this back-end (`loopback`, `macswap`, `rxonly`,
+    /// `txonly[:LEN]`, `pair:<peer>`, `pcap:<file>`, `pcap-replay:<file>`, `channel`).
+    pub backend: Option<String>,
 }
 
 /// The default instance name of `listenIavf`.
@@ -273,7 +276,7 @@ fn config_error(e: IavfConfigError) -> NativeError {
 
 /// The device behind a live server, with what reaches it from other threads.
 #[derive(Debug)]
-enum Served {
+pub(crate) enum Served {
     /// An `edu` device.
     Edu {
         server: RunningServer<EduDevice>,
@@ -283,6 +286,10 @@ enum Served {
     Iavf {
         server: RunningServer<IavfDevice>,
         iavf: IavfHandle,
+        /// Its instance name (`emu_iavf0`): what `pair:<peer>` back-ends name.
+        name: String,
+        /// The software data path, while one is attached.
+        datapath: Mutex<Option<crate::datapath::Attached>>,
     },
 }
 
@@ -290,15 +297,23 @@ impl Served {
     fn stop(self) -> io::Result<()> {
         match self {
             Served::Edu { server, .. } => server.stop(),
-            Served::Iavf { server, .. } => server.stop(),
+            Served::Iavf {
+                server,
+                iavf,
+                name,
+                datapath,
+            } => {
+                crate::datapath::detach_on_close(&iavf, &name, &datapath);
+                server.stop()
+            }
         }
     }
 }
 
 /// What a live server holds; taken out (and stopped) by `close()`.
 #[derive(Debug)]
-struct Running {
-    served: Served,
+pub(crate) struct Running {
+    pub(crate) served: Served,
     handle: ServerHandle,
 }
 
@@ -352,7 +367,12 @@ impl NativeServer {
 
     /// Binds `path` and starts serving a fresh iavf VF built from `config`
     /// (validated here again) on its own thread.
-    pub fn start_iavf(path: &str, config: IavfConfig) -> napi::Result<Self, ErrorCode> {
+    pub fn start_iavf(
+        path: &str,
+        config: IavfConfig,
+        backend: Option<&str>,
+    ) -> napi::Result<Self, ErrorCode> {
+        let name = config.name.clone();
         let device = IavfDevice::new(config).map_err(|e| match e {
             emudev_iavf::CreateIavfError::Config(c) => config_error(c),
             // Only a device bug gets here; EIO says "not your argument".
@@ -363,14 +383,27 @@ impl NativeServer {
             .serve(PathBuf::from(path), ServerConfig::default())
             .map_err(|e| bind_error(&e))?;
         let handle = server.handle();
-        let server = server
-            .spawn()
-            .map_err(|e| io_error(&e, "cannot start the server thread"))?;
+        // Attached before the thread starts; on failure the server is dropped (socket removed).
+        let datapath = match backend {
+            Some(spec) => Some(crate::datapath::attach(&iavf, &name, spec)?),
+            None => None,
+        };
+        let server = server.spawn().map_err(|e| {
+            if datapath.is_some() {
+                crate::datapath::release(&name);
+            }
+            io_error(&e, "cannot start the server thread")
+        })?;
         Ok(Self::running(
             path,
             IAVF_DEVICE_NAME,
             Running {
-                served: Served::Iavf { server, iavf },
+                served: Served::Iavf {
+                    server,
+                    iavf,
+                    name,
+                    datapath: Mutex::new(datapath),
+                },
                 handle,
             },
         ))
@@ -386,7 +419,10 @@ impl NativeServer {
     }
 
     /// Runs `f` on the live server, or fails with `ERR_EMUDEV_CLOSED`.
-    fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> napi::Result<T, ErrorCode> {
+    pub(crate) fn with_running<T>(
+        &self,
+        f: impl FnOnce(&Running) -> T,
+    ) -> napi::Result<T, ErrorCode> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed("NativeServer"));
         }
@@ -397,7 +433,7 @@ impl NativeServer {
     }
 
     /// The error for a device-specific method called on the other device.
-    fn wrong_device(&self, method: &str, wanted: &str) -> NativeError {
+    pub(crate) fn wrong_device(&self, method: &str, wanted: &str) -> NativeError {
         invalid_arg(format!(
             "{method}() is for {wanted} servers; this one serves {}",
             self.device
@@ -439,8 +475,9 @@ impl NativeServer {
         path: String,
         options: Option<JsIavfServerOptions>,
     ) -> napi::Result<Self, ErrorCode> {
-        let config = iavf_config(&options.unwrap_or_default())?;
-        Self::start_iavf(&path, config)
+        let options = options.unwrap_or_default();
+        let config = iavf_config(&options)?;
+        Self::start_iavf(&path, config, options.backend.as_deref())
     }
 
     /// The socket path.
@@ -510,6 +547,27 @@ impl NativeServer {
             }
             Served::Edu { .. } => Err(self.wrong_device("setLink", IAVF_DEVICE_NAME)),
         })?
+    }
+
+    /// Starts writing every vfio-user message this server sends and receives, decoded, as
+    /// JSON lines appended to `path` (labelled `"device": label`, default the device name);
+    /// replaces a trace already running. Throws `ERR_VFU_<ERRNO>` when the file cannot be
+    /// opened, `ERR_EMUDEV_CLOSED` after `close()`.
+    #[napi]
+    pub fn trace_start(&self, path: String, label: Option<String>) -> napi::Result<(), ErrorCode> {
+        let label = label.unwrap_or_else(|| self.device.to_owned());
+        let tracer = crate::trace::FileTracer::open(&path, &label)?;
+        self.with_running(|r| {
+            r.handle.set_tracer(Some(tracer));
+        })
+    }
+
+    /// Stops tracing (nothing happens if no trace runs).
+    #[napi]
+    pub fn trace_stop(&self) -> napi::Result<(), ErrorCode> {
+        self.with_running(|r| {
+            r.handle.set_tracer(None);
+        })
     }
 
     /// Stops the server: disconnects the client, joins the server thread (on
@@ -645,8 +703,9 @@ mod tests {
             mtu: Some(9000.0),
             ..Default::default()
         };
-        let server = NativeServer::start_iavf(path_str(&p), iavf_config(&opts).expect("config"))
-            .expect("bind");
+        let server =
+            NativeServer::start_iavf(path_str(&p), iavf_config(&opts).expect("config"), None)
+                .expect("bind");
         assert_eq!(server.device(), "emu_iavf");
         let s = server.iavf_stats().expect("iavf stats");
         assert_eq!((s.mmio_reads, s.vf_resets, s.link_events), (0.0, 0.0, 0.0));
@@ -697,6 +756,7 @@ mod tests {
             mac: Some("02:11:22:33:44:55".into()),
             mtu: Some(9702.0),
             doorbell_pages: Some(true),
+            backend: None,
         })
         .expect("all options");
         assert_eq!(c.name, "emu_iavf3");
@@ -784,7 +844,7 @@ mod tests {
     fn an_iavf_server_on_a_live_socket_is_in_use() {
         let p = temp_socket("iavf-inuse");
         let first = NativeServer::start_edu(path_str(&p)).expect("bind");
-        let err = NativeServer::start_iavf(path_str(&p), IavfConfig::new("emu_iavf0"))
+        let err = NativeServer::start_iavf(path_str(&p), IavfConfig::new("emu_iavf0"), None)
             .expect_err("second bind");
         assert_eq!(err.status, ErrorCode::SocketInUse);
         first.close_task().run().expect("close");

@@ -776,8 +776,11 @@ impl DataPathProvider for IavfDatapath {
             return;
         };
         let tails = dev.queue_tails(q).unwrap_or((0, 0));
+        // Where a previous data path left this queue (detach and attach while it runs).
+        let head = dev.take_queue_head(q, is_tx).unwrap_or(0);
         if is_tx {
             let mut tx = TxEngine::new(info.base.0, info.size);
+            tx.set_head(head);
             tx.set_tail(tails.0);
             if let Some(mut p) = self.pair(q) {
                 p.tx = Some(tx);
@@ -793,6 +796,7 @@ impl DataPathProvider for IavfDatapath {
                 state.max_pkt_size
             };
             let mut rx = RxEngine::new(info.base.0, info.size, state.databuffer_size, max);
+            rx.set_head(head);
             rx.set_tail(tails.1);
             let vector = info.irq_vector.and_then(|v| u16::try_from(v).ok());
             if let Some(mut p) = self.pair(q) {
@@ -810,13 +814,17 @@ impl DataPathProvider for IavfDatapath {
         let Some((q, is_tx)) = decode_queue(info.id) else {
             return;
         };
-        if let Some(mut p) = self.pair(q) {
+        let head = self.pair(q).and_then(|mut p| {
             if is_tx {
-                p.tx = None;
+                p.tx.take().map(|t| t.head())
             } else {
-                p.rx = None;
                 p.rx_vector = None;
+                p.rx.take().map(|r| r.head())
             }
+        });
+        // Parked with the pair released (the device takes its own lock).
+        if let (Some(h), Some(dev)) = (head, self.device.upgrade()) {
+            dev.park_queue_head(q, is_tx, h);
         }
     }
 

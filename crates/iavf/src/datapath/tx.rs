@@ -57,6 +57,16 @@ impl TxEngine {
         (self.tail + self.len - self.head) % self.len
     }
 
+    /// Moves the head (a data path taking over a running queue); refused (false) beyond the
+    /// ring.
+    pub fn set_head(&mut self, head: u32) -> bool {
+        if head >= self.len {
+            return false;
+        }
+        self.head = head;
+        true
+    }
+
     /// A new `QTX_TAIL`; refused (false, nothing changes) if it is beyond the ring.
     pub fn set_tail(&mut self, tail: u32) -> bool {
         if tail >= self.len {

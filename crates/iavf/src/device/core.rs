@@ -178,6 +178,10 @@ pub(crate) struct VfState {
     pub(crate) vlan_strip: bool,
     /// A LINK_CHANGE went out since queues were first enabled.
     pub(crate) link_reported: bool,
+    /// Per queue pair, the TX and RX ring heads a data path left when it stopped servicing
+    /// the queue (detached, or the queue disabled); a data path taking the queue over
+    /// continues from there. ENABLE_QUEUES clears them (a queue starts at 0, as on hardware).
+    pub(crate) parked: Vec<[Option<u32>; 2]>,
 }
 
 impl VfState {
@@ -192,6 +196,7 @@ impl VfState {
             promisc: 0,
             vlan_strip: false,
             link_reported: false,
+            parked: vec![[None; 2]; usize::from(queues)],
         }
     }
 }

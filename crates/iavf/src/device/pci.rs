@@ -26,9 +26,7 @@ use emudev_pci::{
     PciFunction, PciIds, PcieSpec, ValidateLayoutError,
 };
 use emudev_vfio_user::server::{Server, ServerBindError, ServerConfig};
-use emudev_vfio_user::{
-    DeviceContext, Errno, SparseArea,
-};
+use emudev_vfio_user::{DeviceContext, Errno, SparseArea};
 use thiserror::Error;
 
 use super::core::{Core, EmuOp, Io};
@@ -298,14 +296,16 @@ impl PciFunction for IavfFunction {
     fn reset(&mut self, ctx: &DeviceContext) -> Result<(), Errno> {
         default_reset(self);
         self.shared.bus_master.store(false, Ordering::SeqCst);
-        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io, true));
+        self.shared
+            .with_core(Some(ctx), |c, io| c.vf_reset(io, true));
         Ok(())
     }
 
     /// The client left: its memory is gone, so the VF is reset as VFIO resets a released
     /// function (config space is kept for a reconnecting client; the next driver re-initialises).
     fn client_disconnected(&mut self, ctx: &DeviceContext) {
-        self.shared.with_core(Some(ctx), |c, io| c.vf_reset(io, false));
+        self.shared
+            .with_core(Some(ctx), |c, io| c.vf_reset(io, false));
     }
 }
 
@@ -342,6 +342,24 @@ impl IavfHandle {
     /// ENABLE_QUEUES here.
     pub fn queue_tails(&self, q: u16) -> Option<(u32, u32)> {
         lock(&self.shared.core).tails(q)
+    }
+
+    /// Records where a data path left queue pair `q`'s TX (`tx`) or RX ring head when it
+    /// stopped servicing it, so that the next data path continues there (see
+    /// [`IavfHandle::take_queue_head`]). ENABLE_QUEUES and VF resets forget it.
+    pub fn park_queue_head(&self, q: u16, tx: bool, head: u32) {
+        if let Some(p) = lock(&self.shared.core).vf.parked.get_mut(usize::from(q)) {
+            p[usize::from(!tx)] = Some(head);
+        }
+    }
+
+    /// The ring head parked for queue pair `q`'s TX or RX queue, taken (`None`: start at 0).
+    pub fn take_queue_head(&self, q: u16, tx: bool) -> Option<u32> {
+        lock(&self.shared.core)
+            .vf
+            .parked
+            .get_mut(usize::from(q))
+            .and_then(|p| p[usize::from(!tx)].take())
     }
 
     /// A handle that does not keep the device alive (for the data path, which the device's

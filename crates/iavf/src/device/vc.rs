@@ -9,8 +9,8 @@ use emudev_dma::Iova;
 use super::core::{Core, EmuOp, Io};
 use super::stats::Counters;
 use super::{
-    queue_ids, L2_OVERHEAD, LINK_SPEED_MBPS, MAX_FRAME_SIZE, MAX_MAC_FILTERS, MIN_FRAME_SIZE, RX_BUFFER_RANGE,
-    VSI_ID,
+    queue_ids, L2_OVERHEAD, LINK_SPEED_MBPS, MAX_FRAME_SIZE, MAX_MAC_FILTERS, MIN_FRAME_SIZE,
+    RX_BUFFER_RANGE, VSI_ID,
 };
 use crate::spec::desc::{RING_LEN_ALIGN, RING_LEN_MAX, RX_DESC32_SIZE, TX_DESC_SIZE};
 use crate::spec::regs::{RSS_KEY_SIZE, RSS_LUT_SIZE};
@@ -403,11 +403,17 @@ impl Core {
             let i = usize::from(q);
             if s.tx_queues & (1 << q) != 0 && !self.vf.tx[i].enabled {
                 self.vf.tx[i].enabled = true;
+                if let Some(p) = self.vf.parked.get_mut(i) {
+                    p[0] = None;
+                }
                 io.ops
                     .push(EmuOp::Configure(queue_ids::tx(q), self.tx_config(q)));
             }
             if s.rx_queues & (1 << q) != 0 && !self.vf.rx[i].enabled {
                 self.vf.rx[i].enabled = true;
+                if let Some(p) = self.vf.parked.get_mut(i) {
+                    p[1] = None;
+                }
                 io.ops
                     .push(EmuOp::Configure(queue_ids::rx(q), self.rx_config(q)));
             }

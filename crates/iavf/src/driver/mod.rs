@@ -1070,7 +1070,11 @@ impl IavfDriver {
             .as_ref()
             .map_or(0, |n| u32::from(n.resources.max_mtu));
         // The PF's `max_mtu` is already a frame size (Linux sends it as `max_pkt_size`).
-        let max_pkt = cfg.max_pkt_size.unwrap_or(if max_mtu == 0 { 1500 + ETH_OVERHEAD } else { max_mtu });
+        let max_pkt = cfg.max_pkt_size.unwrap_or(if max_mtu == 0 {
+            1500 + ETH_OVERHEAD
+        } else {
+            max_mtu
+        });
         Ok((plans, max_pkt))
     }
 
