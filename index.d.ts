@@ -359,11 +359,11 @@ export declare class NativeServer {
   clearDatapathStats(): void
   /**
    * Starts writing every frame the data path moves (the client's TX and what goes into its
-   * RX) to a pcap file at `path`. Throws `ERR_EMUDEV_NOT_READY` without a data path,
+   * RX) to a pcap file at `path`, or only the first `maxFrames`. Throws `ERR_EMUDEV_NOT_READY` without a data path,
    * `ERR_EMUDEV_BUSY` when a capture runs, `ERR_EMUDEV_INVALID_ARG` when the file cannot
    * be created.
    */
-  captureStart(path: string): void
+  captureStart(path: string, maxFrames?: number | undefined | null): void
   /**
    * Stops the capture and flushes the file; returns the frames written. Throws
    * `ERR_EMUDEV_NOT_READY` when no capture runs.
@@ -684,6 +684,11 @@ export interface IavfPortOptions {
    * (`--trace FILE`).
    */
   trace?: string
+  /**
+   * mmap the VF's doorbell pages when it offers them, so that tail writes are stores
+   * instead of messages (default true; a VF without them keeps trapped tails).
+   */
+  mapDoorbells?: boolean
 }
 
 /** The VSI's Ethernet counters (GET_STATS) and the driver's own. */

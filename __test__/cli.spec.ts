@@ -31,7 +31,7 @@ test('serve --help exits 0 and lists the drivers and their keys', (t) => {
   const r = run('serve', '--help')
   t.is(r.code, 0)
   t.regex(r.stdout, /--vdev <device>/)
-  t.regex(r.stdout, /emu_iavf\s+keys: sock, queues, mac, mtu, backend/)
+  t.regex(r.stdout, /emu_iavf\s+keys: sock, queues, mac, mtu, backend, doorbells/)
 })
 
 test('--version prints the package and native versions', (t) => {

@@ -67,7 +67,7 @@ test('rejects a missing required key', (t) => {
 
 test('rejects an unknown key and lists the allowed ones', (t) => {
   rejects(t, 'emu_edu0,sock=/tmp/e.sock,foo=1', "unknown key 'foo' for emu_edu0 (allowed: sock)")
-  rejects(t, 'emu_iavf0,sock=/s,path=/p', "unknown key 'path' for emu_iavf0 (allowed: sock, queues, mac, mtu, backend)")
+  rejects(t, 'emu_iavf0,sock=/s,path=/p', "unknown key 'path' for emu_iavf0 (allowed: sock, queues, mac, mtu, backend, doorbells)")
   rejects(t, 'emu_edu0,sock=/s,__proto__=x', "unknown key '__proto__' for emu_edu0 (allowed: sock)")
 })
 

@@ -8,8 +8,28 @@ import { demo, ensureDistBuilt, killOnTeardown, root, tempSocket, waitForExit } 
 
 test.before(ensureDistBuilt)
 
-test('the demo (node dist/demo.js) exits 0 and prints each step', (t) => {
-  const r = spawnSync(process.execPath, [demo], { encoding: 'utf8', timeout: 60_000 })
+test('the demo (node dist/demo.js): iavf bring-up, forwarding, the summary and a pcap of the first frames', (t) => {
+  const r = spawnSync(process.execPath, [demo], { encoding: 'utf8', timeout: 90_000 })
+  t.is(r.status, 0, r.stderr)
+  t.regex(r.stdout, /^ {2}attach +emudev> port attach net_iavfbe,emu=emu_iavf0 +-> +Port 0 attached to emu_iavf0/m)
+  t.regex(r.stdout, /^ {2}bring-up +14 steps in [0-9.]+ ms: DEVICE_RESET, .*, link$/m)
+  t.regex(r.stdout, /^ {2}link +up, /m)
+  const got = /packets received \(client\) +(\d+)/.exec(r.stdout)
+  t.truthy(got)
+  t.true(Number(got?.[1]) > 512, r.stdout)
+  // Every frame the client sent was taken by the device and came back: nothing dropped.
+  const dev = /device RX \/ dropped \/ TX +(\d+) \/ (\d+) \/ (\d+)/.exec(r.stdout)
+  const sent = /packets sent \(client\) +(\d+)/.exec(r.stdout)
+  t.is(dev?.[2], '0')
+  t.is(dev?.[3], sent?.[1])
+  t.regex(r.stdout, /pcap of the first frames +\S+first-packets\.pcap \(64 frames, 64 UDP\/IPv4\)/)
+  t.regex(r.stdout, /socket removed/)
+  t.regex(r.stdout, /^ok$/m)
+  t.is(r.stderr, '')
+})
+
+test('the edu demo (node dist/demo.js --edu) exits 0 and prints each step', (t) => {
+  const r = spawnSync(process.execPath, [demo, '--edu'], { encoding: 'utf8', timeout: 60_000 })
   t.is(r.status, 0, r.stderr)
   t.regex(r.stdout, /^ {2}factorial +10! = 3628800$/m)
   t.regex(r.stdout, /^ {2}id +0x010000ed -> edu v1\.0$/m)

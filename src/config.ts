@@ -10,7 +10,9 @@
  * Drivers:
  * - `emu_edu`: the QEMU educational device served over vfio-user. `sock` (required).
  * - `emu_iavf`: an emulated Intel AVF (iavf) virtual function served over vfio-user.
- *   `sock` (required), `queues` (1-16 queue pairs), `mac`, `mtu` (68-9702), `backend`.
+ *   `sock` (required), `queues` (1-16 queue pairs), `mac`, `mtu` (68-9702), `backend`,
+ *   `doorbells` (`trap`, the default: tail writes are trapped messages; `mmap`: the tails sit on
+ *   mmappable doorbell pages that a polling data path reads).
  * - `iavf_client`: the client-side iavf driver attached to a vfio-user socket. `path`
  *   (required), `queues` (1-16 queue pairs to bring up, default 1). As in the seed's
  *   `--vdev 'iavf_client,path=/tmp/sock1'`, its instance number may be left out (it is then 0).
@@ -46,7 +48,7 @@ export interface IavfVdev {
   name: string
   driver: 'emu_iavf'
   instance: number
-  args: { sock: string; queues?: number; mac?: string; mtu?: number; backend?: string }
+  args: { sock: string; queues?: number; mac?: string; mtu?: number; backend?: string; doorbells?: 'trap' | 'mmap' }
 }
 
 /** `iavf_client<N>`: the iavf driver attached, as a vfio-user client, to the socket at `path`. */
@@ -99,6 +101,7 @@ const KEYS: { readonly [D in DriverName]: Readonly<Record<string, KeySpec>> } = 
     mac: { required: false, validate: unicastMac },
     mtu: { required: false, validate: integerIn(IAVF_MTU.min, IAVF_MTU.max) },
     backend: { required: false, validate: backendSpec },
+    doorbells: { required: false, validate: oneOf(['trap', 'mmap']) },
   },
   iavf_client: {
     path: { required: true, validate: socketPath },
@@ -242,6 +245,13 @@ function unicastMac(value: string, key: string, device: string): string {
 }
 
 /** Free-form values: which back-ends exist is for the native data path to say, not this table. */
+function oneOf(values: readonly string[]): Validator {
+  return (value, key, device) => {
+    if (!values.includes(value)) throw new ValueError(`bad value '${value}' for '${key}' of ${device} (expected ${values.join(' or ')})`)
+    return value
+  }
+}
+
 /** The forms of `backend=` (the native side builds them; this checks their shape early). */
 export const BACKEND_FORMS = ['loopback', 'macswap', 'rxonly', 'txonly[:LEN]', 'pair:<peer>', 'pcap:<file>', 'pcap-replay:<file>', 'channel'] as const
 

@@ -76,12 +76,13 @@ function listen(dev: Vdev): ServedDevice {
     case 'emu_edu':
       return { name: dev.name, driver: dev.driver, path: dev.args.sock, server: native.NativeServer.listenEdu(dev.args.sock) }
     case 'emu_iavf': {
-      const { sock, queues, mac, mtu, backend } = dev.args
+      const { sock, queues, mac, mtu, backend, doorbells } = dev.args
       const options: IavfServerOptions = { name: dev.name }
       if (queues !== undefined) options.queues = queues
       if (mac !== undefined) options.mac = mac
       if (mtu !== undefined) options.mtu = mtu
       if (backend !== undefined) options.backend = backend
+      if (doorbells !== undefined) options.doorbellPages = doorbells === 'mmap'
       const server = native.NativeServer.listenIavf(sock, options)
       const state = server.iavfState()
       return {

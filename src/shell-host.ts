@@ -136,8 +136,8 @@ export interface ShellHost {
   portStats(dev: string): PortStats
   /** Zeroes `dev`'s data path counters. */
   clearStats(dev: string): void
-  /** Starts writing every frame `dev` handles to the pcap file `file`. */
-  captureStart(dev: string, file: string): void
+  /** Starts writing every frame `dev` handles (or the first `frames`) to the pcap file `file`. */
+  captureStart(dev: string, file: string, frames?: number): void
   /** Stops `dev`'s capture (the file is complete afterwards). */
   captureStop(dev: string): void
   /**
@@ -166,8 +166,8 @@ export interface IavfServerDatapath {
   datapathStats(): { queues: QueueStats[] }
   /** Zeroes the data path counters. */
   clearDatapathStats(): void
-  /** Starts the pcap capture tap. */
-  captureStart(path: string): void
+  /** Starts the pcap capture tap (every frame, or the first `maxFrames`). */
+  captureStart(path: string, maxFrames?: number): void
   /** Stops the pcap capture tap. */
   captureStop(): void
   /** Starts the vfio-user message trace (JSON lines appended to `path`, labelled `label`). */
@@ -301,9 +301,9 @@ export class ServeShellHost implements ShellHost {
     guarded(dev, () => dp.clearDatapathStats())
   }
 
-  captureStart(dev: string, file: string): void {
+  captureStart(dev: string, file: string, frames?: number): void {
     const dp = this.#datapath(dev)
-    guarded(dev, () => dp.captureStart(file))
+    guarded(dev, () => (frames === undefined ? dp.captureStart(file) : dp.captureStart(file, frames)))
   }
 
   captureStop(dev: string): void {

@@ -217,7 +217,7 @@ const COMMANDS: readonly CommandDef[] = [
   {
     words: ['capture', 'start'],
     args: ['port', 'file'],
-    usage: 'capture start <port> <file.pcap>',
+    usage: 'capture start <port> <file.pcap> [<frames>]',
     summary: 'write every frame the port handles to a pcap file',
     run: (s, a) => s.captureStart(a),
   },
@@ -748,16 +748,23 @@ export class Shell {
     if (summary.error !== undefined) throw new CommandError(`monitor stopped: ${summary.error}`)
   }
 
-  /** `capture start <port> <file>`. */
+  /** `capture start <port> <file> [<frames>]`: every frame, or only the first `frames`. */
   captureStart(args: string[]): void {
-    this.#arity(args, 2, 2, 'capture start <port> <file.pcap>')
+    this.#arity(args, 2, 3, 'capture start <port> <file.pcap> [<frames>]')
     const p = this.#port(this.#portNumber(args[0] ?? ''))
     const file = args[1] ?? ''
+    let frames: number | undefined
+    if (args[2] !== undefined) {
+      frames = /^[0-9]+$/.test(args[2]) ? Number(args[2]) : NaN
+      if (!Number.isSafeInteger(frames) || frames < 1 || frames > 0xffffffff) {
+        throw new BadArguments(`frames must be a positive integer (got '${args[2]}')`)
+      }
+    }
     if (p.capture !== null) throw new CommandError(`port ${p.id} is already capturing to ${p.capture} (capture stop ${p.id} first)`)
     if (p.attached === null) throw new CommandError(`port ${p.id} has no back-end attached (start first)`)
-    this.#host.captureStart(p.device, file)
+    this.#host.captureStart(p.device, file, frames)
     p.capture = file
-    this.#write(`Capturing port ${p.id} (${p.device}) to ${file}\n`)
+    this.#write(`Capturing port ${p.id} (${p.device}) to ${file}${frames === undefined ? '' : ` (first ${frames} frames)`}\n`)
   }
 
   /** `capture stop [<port>]`. */

@@ -241,14 +241,22 @@ impl NativeServer {
     }
 
     /// Starts writing every frame the data path moves (the client's TX and what goes into its
-    /// RX) to a pcap file at `path`. Throws `ERR_EMUDEV_NOT_READY` without a data path,
+    /// RX) to a pcap file at `path`, or only the first `maxFrames`. Throws `ERR_EMUDEV_NOT_READY` without a data path,
     /// `ERR_EMUDEV_BUSY` when a capture runs, `ERR_EMUDEV_INVALID_ARG` when the file cannot
     /// be created.
     #[napi]
-    pub fn capture_start(&self, path: String) -> napi::Result<(), ErrorCode> {
+    pub fn capture_start(
+        &self,
+        path: String,
+        max_frames: Option<u32>,
+    ) -> napi::Result<(), ErrorCode> {
         self.with_datapath("captureStart", |_, name, slot| {
             let a = slot.as_ref().ok_or_else(|| not_attached(name))?;
-            a.stats.capture_start(&path).map_err(|e| match e {
+            let started = match max_frames {
+                Some(n) if n > 0 => a.stats.capture_start_first(&path, u64::from(n)),
+                _ => a.stats.capture_start(&path),
+            };
+            started.map_err(|e| match e {
                 datapath::CaptureStartError::AlreadyRunning(_) => {
                     napi::Error::new(ErrorCode::Busy, format!("{name}: {e}"))
                 }

@@ -86,6 +86,9 @@ pub struct JsIavfPortOptions {
     /// Append every vfio-user message of this connection, decoded, as JSON lines to this file
     /// (`--trace FILE`).
     pub trace: Option<String>,
+    /// mmap the VF's doorbell pages when it offers them, so that tail writes are stores
+    /// instead of messages (default true; a VF without them keeps trapped tails).
+    pub map_doorbells: Option<bool>,
 }
 
 fn integer_option(key: &str, value: f64, lo: f64, hi: f64) -> Result<f64, NativeError> {
@@ -500,6 +503,8 @@ struct Shared {
     fwd_stop: AtomicBool,
     /// The counters of the running or last `forward()`.
     fwd: Mutex<Option<Arc<FwdCounters>>>,
+    /// The doorbell pages were mapped (once per connection).
+    doorbells_mapped: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -632,6 +637,7 @@ impl Shared {
 pub struct NativeIavfPort {
     path: String,
     config: DriverConfig,
+    map_doorbells: bool,
     shared: Arc<Shared>,
 }
 
@@ -644,6 +650,7 @@ impl NativeIavfPort {
         path: &str,
         config: DriverConfig,
         trace: Option<String>,
+        map_doorbells: bool,
         tsfn: Option<EventTsfn>,
     ) -> Result<Self, NativeError> {
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
@@ -680,6 +687,7 @@ impl NativeIavfPort {
             runs: AtomicU32::new(0),
             fwd_stop: AtomicBool::new(false),
             fwd: Mutex::new(None),
+            doorbells_mapped: AtomicBool::new(false),
         });
         let me = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -698,6 +706,7 @@ impl NativeIavfPort {
         Ok(NativeIavfPort {
             path: path.to_owned(),
             config,
+            map_doorbells,
             shared,
         })
     }
@@ -721,7 +730,12 @@ impl NativeIavfPort {
     /// A bring-up (`reset == false`) or a VF reset, reporting each step as an event.
     fn bring_up(&self, reset: bool) -> napi::Result<PortOp<JsIavfStartResult>, ErrorCode> {
         let cfg = self.config.clone();
+        let map = self.map_doorbells;
         self.op(move |shared, d| {
+            if map && !shared.doorbells_mapped.swap(true, Ordering::SeqCst) {
+                // Offered or not, the tails keep working: trapped when nothing was mapped.
+                d.map_doorbells().map_err(|e| driver_error(&e))?;
+            }
             let run = shared.runs.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
             let on_step = |r: &StepRecord| {
                 shared.emit(JsIavfPortEvent::step(run, r));
@@ -819,6 +833,7 @@ pub struct ConnectPort {
     path: String,
     config: DriverConfig,
     trace: Option<String>,
+    map_doorbells: bool,
     tsfn: Option<EventTsfn>,
 }
 
@@ -839,6 +854,7 @@ impl Task for ConnectPort {
             &self.path,
             self.config.clone(),
             self.trace.take(),
+            self.map_doorbells,
             self.tsfn.take(),
         ))
     }
@@ -868,6 +884,7 @@ impl NativeIavfPort {
         let options = options.unwrap_or_default();
         let config = options.to_config()?;
         let trace = options.trace.clone();
+        let map_doorbells = options.map_doorbells.unwrap_or(true);
         let tsfn = match on_event {
             Some(f) => Some(
                 f.build_threadsafe_function::<JsIavfPortEvent>()
@@ -882,6 +899,7 @@ impl NativeIavfPort {
             path,
             config,
             trace,
+            map_doorbells,
             tsfn,
         }))
     }
@@ -1125,7 +1143,7 @@ mod tests {
 
     fn port(path: &str, options: JsIavfPortOptions) -> NativeIavfPort {
         let cfg = options.to_config().expect("options");
-        NativeIavfPort::open(path, cfg, None, None).expect("connect")
+        NativeIavfPort::open(path, cfg, None, true, None).expect("connect")
     }
 
     fn opts(queues: u16) -> JsIavfPortOptions {
@@ -1293,6 +1311,7 @@ mod tests {
             "/nonexistent-emudev-dir/iavf.sock",
             DriverConfig::default(),
             None,
+            true,
             None,
         )
         .expect_err("no socket");
@@ -1312,6 +1331,7 @@ mod tests {
             device_reset: Some(false),
             share_fd: Some(false),
             trace: None,
+            map_doorbells: None,
         }
         .to_config()
         .expect("all options");

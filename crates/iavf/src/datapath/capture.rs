@@ -8,7 +8,7 @@
 //! path handled them (with loopback each frame appears twice, TX then RX).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use thiserror::Error;
@@ -49,6 +49,8 @@ pub enum CaptureStopError {
 pub(crate) struct Capture {
     active: AtomicBool,
     file: Mutex<Option<PcapWriter>>,
+    /// Most frames to write (0: no limit); the tap goes quiet once they are written.
+    limit: AtomicU64,
 }
 
 impl Capture {
@@ -58,12 +60,14 @@ impl Capture {
         self.active.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn start(&self, path: &Path) -> Result<(), CaptureStartError> {
+    /// Starts writing into `path`: every frame (`limit` 0) or the first `limit`.
+    pub(crate) fn start(&self, path: &Path, limit: u64) -> Result<(), CaptureStartError> {
         let mut g = lock(&self.file);
         if let Some(w) = g.as_ref() {
             return Err(CaptureStartError::AlreadyRunning(w.path().to_path_buf()));
         }
         *g = Some(PcapWriter::create(path)?);
+        self.limit.store(limit, Ordering::Relaxed);
         self.active.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -83,7 +87,17 @@ impl Capture {
     /// Appends one frame if a capture runs.
     pub(crate) fn record(&self, frame: &[u8]) {
         if let Some(w) = lock(&self.file).as_mut() {
+            let limit = self.limit.load(Ordering::Relaxed);
+            if limit != 0 && w.frames() >= limit {
+                self.active.store(false, Ordering::Relaxed);
+                return;
+            }
             w.write(frame);
+            if limit != 0 && w.frames() >= limit {
+                // The rest of the run pays one load again; the file stays open until stop.
+                self.active.store(false, Ordering::Relaxed);
+                let _ = w.flush();
+            }
         }
     }
 
@@ -127,10 +141,10 @@ mod tests {
         assert!(!c.active());
         assert!(matches!(c.stop(), Err(CaptureStopError::NotRunning)));
         c.record(b"not running: ignored");
-        c.start(&path).expect("start");
+        c.start(&path, 0).expect("start");
         assert!(c.active());
         assert!(matches!(
-            c.start(&path),
+            c.start(&path, 0),
             Err(CaptureStartError::AlreadyRunning(p)) if p == path
         ));
         let mut rx = VecSink::new(1);
@@ -152,10 +166,29 @@ mod tests {
         let frames = super::super::pcap::read_pcap(&path).expect("read");
         assert_eq!(frames, vec![b"delivered".to_vec(), b"tx frame".to_vec()]);
         assert!(matches!(
-            c.start(&dir.join("no/such/dir.pcap")),
+            c.start(&dir.join("no/such/dir.pcap"), 0),
             Err(CaptureStartError::Create(_))
         ));
         assert!(!c.active());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_limited_capture_keeps_the_first_frames_only() {
+        let dir = std::env::temp_dir().join(format!("iavf-cap-limit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("first.pcap");
+        let c = Capture::default();
+        c.start(&path, 3).expect("start");
+        for i in 0..10u8 {
+            if c.active() {
+                c.record(&[i; 60]);
+            }
+        }
+        assert!(!c.active(), "quiet after the limit");
+        assert_eq!(c.stop().expect("stop"), 3);
+        let frames = super::super::read_pcap(&path).expect("read");
+        assert_eq!(frames, vec![vec![0u8; 60], vec![1u8; 60], vec![2u8; 60]]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

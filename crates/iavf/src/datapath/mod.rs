@@ -430,7 +430,17 @@ impl DatapathStats {
     /// Starts writing every frame the data path handles (TX taken from the client, RX
     /// delivered to it) to a new pcap file at `path` (created or truncated).
     pub fn capture_start(&self, path: impl AsRef<Path>) -> Result<(), CaptureStartError> {
-        self.capture.start(path.as_ref())
+        self.capture.start(path.as_ref(), 0)
+    }
+
+    /// Like [`DatapathStats::capture_start`], keeping only the first `frames` frames (the tap
+    /// goes quiet after them; `capture_stop` still closes the file).
+    pub fn capture_start_first(
+        &self,
+        path: impl AsRef<Path>,
+        frames: u64,
+    ) -> Result<(), CaptureStartError> {
+        self.capture.start(path.as_ref(), frames)
     }
 
     /// Stops the capture and flushes its file; returns the frames written.
