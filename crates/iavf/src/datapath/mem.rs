@@ -17,6 +17,9 @@ pub(crate) struct BufCache<'t> {
     access: DmaProt,
     slots: [Option<DmaWindow>; SLOTS],
     next: usize,
+    /// The slot that served the last access (checked first: buffers of one burst are
+    /// usually in one mapping).
+    last: usize,
 }
 
 impl<'t> BufCache<'t> {
@@ -26,6 +29,7 @@ impl<'t> BufCache<'t> {
             access,
             slots: Default::default(),
             next: 0,
+            last: 0,
         }
     }
 
@@ -33,10 +37,13 @@ impl<'t> BufCache<'t> {
     fn window(&mut self, iova: u64, len: u64) -> Result<(&DmaWindow, u64), BufferFault> {
         let end = iova.checked_add(len).ok_or(BufferFault)?;
         let covers = |w: &DmaWindow| iova >= w.iova().0 && end <= w.iova().0 + w.len();
-        let hit = self
-            .slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(covers));
+        let hit = if self.slots[self.last].as_ref().is_some_and(covers) {
+            Some(self.last)
+        } else {
+            self.slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(covers))
+        };
         let i = match hit {
             Some(i) => i,
             None => {
@@ -54,6 +61,7 @@ impl<'t> BufCache<'t> {
                 i
             }
         };
+        self.last = i;
         match &self.slots[i] {
             Some(w) => Ok((w, iova - w.iova().0)),
             None => Err(BufferFault),

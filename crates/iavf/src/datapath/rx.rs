@@ -108,6 +108,9 @@ impl RxEngine {
             bufs: BufCache::new(dma, DmaProt::WRITE),
             tally,
             written: 0,
+            pre: [0; PRELOAD],
+            pre_start: 0,
+            pre_len: 0,
         }
     }
 }
@@ -119,6 +122,42 @@ pub struct RxBurst<'a> {
     bufs: BufCache<'a>,
     tally: &'a mut Tally,
     written: usize,
+    /// Buffer addresses of the posted descriptors from `pre_start` on, loaded back to back
+    /// (the driver's CPU wrote them: independent loads let the cache misses overlap).
+    pre: [u64; PRELOAD],
+    pre_start: u32,
+    pre_len: u32,
+}
+
+/// Descriptors whose addresses are loaded ahead.
+const PRELOAD: usize = 32;
+
+impl RxBurst<'_> {
+    /// The buffer address (as stored, little-endian) in descriptor `idx`, from the preloaded
+    /// ones when it is among them; otherwise loads the next run of posted descriptors.
+    fn addr_at(&mut self, ring: &DmaWindow, idx: u32) -> Option<u64> {
+        let len = self.eng.len;
+        let rel = (idx + len - self.pre_start) % len;
+        if rel < self.pre_len {
+            return Some(self.pre[rel as usize]);
+        }
+        let avail = ((self.eng.tail + len - idx) % len)
+            .min(PRELOAD as u32)
+            .max(1);
+        self.pre_start = idx;
+        self.pre_len = 0;
+        for k in 0..avail {
+            let off = u64::from((idx + k) % len) * RX_DESC32_SIZE as u64;
+            match ring.load_u64(off, Ordering::Acquire) {
+                Ok(a) => {
+                    self.pre[k as usize] = a;
+                    self.pre_len = k + 1;
+                }
+                Err(_) => break,
+            }
+        }
+        (self.pre_len > 0).then(|| self.pre[0])
+    }
 }
 
 impl std::fmt::Debug for RxBurst<'_> {
@@ -162,11 +201,21 @@ impl RxSink for RxBurst<'_> {
             self.tally.errors += 1;
             return false;
         }
-        let Some(ring) = self.ring.as_ref() else {
+        let Some(ring) = self.ring.take() else {
             log::debug!("iavf rx: ring at {:#x} is not accessible", e.ring);
             self.tally.errors += 1;
             return false;
         };
+        let ok = self.write_frame(&ring, frame);
+        self.ring = Some(ring);
+        ok
+    }
+}
+
+impl RxBurst<'_> {
+    /// [`RxSink::deliver`] with the ring window in hand.
+    fn write_frame(&mut self, ring: &DmaWindow, frame: &[u8]) -> bool {
+        let e = &mut *self.eng;
         let bs = e.buf_size as usize;
         let needed = frame.len().div_ceil(bs);
         if needed > e.available() as usize {
@@ -176,19 +225,20 @@ impl RxSink for RxBurst<'_> {
         // Data first, into every buffer of the chain.
         let mut ok = true;
         let mut idx = e.head;
+        let len = e.len;
         for chunk in frame.chunks(bs) {
-            let off = u64::from(idx) * RX_DESC32_SIZE as u64;
-            match ring.load_u64(off, Ordering::Acquire) {
-                Ok(addr) => {
+            match self.addr_at(ring, idx) {
+                Some(addr) => {
                     if ok && self.bufs.write(u64::from_le(addr), chunk).is_err() {
                         log::debug!("iavf rx: buffer {:#x} outside mapped memory", addr);
                         ok = false;
                     }
                 }
-                Err(_) => ok = false,
+                None => ok = false,
             }
-            idx = (idx + 1) % e.len;
+            idx = (idx + 1) % len;
         }
+        let e = &mut *self.eng;
         // Then the write-backs, qword1 last in each.
         let mut idx = e.head;
         let last = needed - 1;

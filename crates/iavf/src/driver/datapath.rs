@@ -127,7 +127,7 @@ impl IavfDriver {
                     &d.encode(),
                 )?;
                 if left == 0 {
-                    p.ring.tx_eop[first as usize] = idx;
+                    p.ring.tx_rs.push_back(idx);
                 }
                 idx = (idx + 1) % len;
             }
@@ -159,17 +159,15 @@ impl IavfDriver {
         let mut idx = first;
         for (k, d) in descs.iter().enumerate() {
             let mut d = *d;
-            if k + 1 == descs.len() {
-                if d.dtype() == dtype::DATA {
-                    d = TxDesc::data(
-                        d.buffer_addr,
-                        d.buf_size(),
-                        d.cmd() | tx_cmd::RS,
-                        d.offset(),
-                        d.l2tag1(),
-                    );
-                }
-                p.ring.tx_eop[first as usize] = idx;
+            if k + 1 == descs.len() && d.dtype() == dtype::DATA {
+                d = TxDesc::data(
+                    d.buffer_addr,
+                    d.buf_size(),
+                    d.cmd() | tx_cmd::RS,
+                    d.offset(),
+                    d.l2tag1(),
+                );
+                p.ring.tx_rs.push_back(idx);
             }
             mem.write_at(
                 ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
@@ -371,11 +369,10 @@ impl IavfDriver {
                     DriverError::InvalidConfig("pool buffer beyond its area".into())
                 })?;
                 let taken = std::mem::replace(&mut p.ring.rx_buf[d], fresh);
-                let post = RxDescRead {
-                    pkt_addr: biova,
-                    hdr_addr: 0,
-                };
-                mem.write_at(desc_off(d as u32), &post.encode32())?;
+                // Read format: the buffer address, then qword1 (hdr_addr, where the write-back
+                // keeps DD) cleared. The device reads only these two words.
+                mem.store_u64(desc_off(d as u32), biova.to_le(), Ordering::Relaxed)?;
+                mem.store_u64(desc_off(d as u32) + 8, 0, Ordering::Relaxed)?;
                 if error {
                     p.ring.free.push(taken);
                 } else {
@@ -420,6 +417,7 @@ impl IavfDriver {
         let mem = p.memory.memory();
         let ring = p.tx_ring();
         let mut used = 0;
+        let mut last: Option<(u32, TxDesc)> = None;
         while used < segs.len() {
             let n = segs[used..]
                 .iter()
@@ -429,27 +427,42 @@ impl IavfDriver {
             if n > (len - 1 - p.tx_in_flight()) as usize {
                 break;
             }
-            let first = p.ring.tx_next;
-            let mut idx = first;
+            // Checked before anything of the packet is written.
+            for s in pkt {
+                if s.len == 0 || p.buffer(s.buf).is_none() {
+                    return Err(DriverError::InvalidConfig(format!(
+                        "segment {s:?} is not a pool buffer"
+                    )));
+                }
+            }
+            let mut idx = p.ring.tx_next;
             for (k, s) in pkt.iter().enumerate() {
-                let (_, biova) = p.buffer(s.buf).filter(|_| s.len > 0).ok_or_else(|| {
-                    DriverError::InvalidConfig(format!("segment {s:?} is not a pool buffer"))
-                })?;
-                let last = k + 1 == n;
-                let cmd = if last { tx_cmd::EOP | tx_cmd::RS } else { 0 };
-                let d = TxDesc::data(biova, s.len.min(TX_MAX_BUF as u16), cmd, 0, 0);
+                let biova = p.buffer(s.buf).map_or(0, |(_, iova)| iova);
+                let size = s.len.min(TX_MAX_BUF as u16);
+                let cmd = if k + 1 == n { tx_cmd::EOP } else { 0 };
+                let d = TxDesc::data(biova, size, cmd, 0, 0);
                 mem.write_at(
                     ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
                     &d.encode(),
                 )?;
                 p.ring.tx_buf[idx as usize] = s.buf;
-                if last {
-                    p.ring.tx_eop[first as usize] = idx;
+                if k + 1 == n {
+                    last = Some((idx, d));
                 }
                 idx = (idx + 1) % len;
             }
             p.ring.tx_next = idx;
             used += n;
+        }
+        // One RS per call, on the last packet's EOP (DPDK's tx_rs_thresh idea): the device
+        // writes one DESC_DONE per burst, and reclaiming it frees the whole burst.
+        if let Some((idx, d)) = last {
+            let rs = TxDesc::data(d.buffer_addr, d.buf_size(), d.cmd() | tx_cmd::RS, 0, 0);
+            mem.write_at(
+                ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
+                &rs.encode(),
+            )?;
+            p.ring.tx_rs.push_back(idx);
         }
         if used > 0 {
             let (reg, tail) = (p.tx_tail_register(), p.ring.tx_next);
@@ -546,14 +559,13 @@ impl RxOut<'_> {
     }
 }
 
-/// Moves `tx_clean` past every packet whose last descriptor reads DESC_DONE, returning the
-/// pool buffers of its descriptors.
+/// Moves `tx_clean` past every RS descriptor that reads DESC_DONE (and everything before it),
+/// returning the pool buffers of those descriptors.
 fn tx_clean(p: &mut QueuePair) -> Result<(), DriverError> {
     let len = u32::from(p.ring_len());
     let ring = p.tx_ring();
     let mem = p.memory.memory();
-    while p.ring.tx_clean != p.ring.tx_next {
-        let last = p.ring.tx_eop[p.ring.tx_clean as usize];
+    while let Some(&last) = p.ring.tx_rs.front() {
         let off = ring.offset + u64::from(last) * TX_DESC_SIZE as u64 + 8;
         let q1 = u64::from_le(mem.load_u64(off, Ordering::Acquire)?);
         if q1 & TXD_QW1_DTYPE_MASK != u64::from(dtype::DESC_DONE) {
@@ -571,6 +583,7 @@ fn tx_clean(p: &mut QueuePair) -> Result<(), DriverError> {
             i = (i + 1) % len;
         }
         p.ring.tx_clean = (last + 1) % len;
+        p.ring.tx_rs.pop_front();
     }
     Ok(())
 }

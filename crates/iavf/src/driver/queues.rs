@@ -5,6 +5,7 @@
 
 use emudev_dma::{DmaAccessError, SharedMemory};
 use emudev_vfio_user::client::DmaBuffer;
+use std::collections::VecDeque;
 
 use crate::spec::desc::{
     RxDescRead, RING_BASE_ALIGN, RXDID_LEGACY_1, RX_DESC32_SIZE, TX_DESC_SIZE,
@@ -181,8 +182,9 @@ pub(crate) struct RingState {
     pub(crate) tx_next: u32,
     /// Oldest TX descriptor not known done.
     pub(crate) tx_clean: u32,
-    /// For the first descriptor of each packet in flight, its last (EOP) descriptor.
-    pub(crate) tx_eop: Vec<u32>,
+    /// The TX descriptors in flight that carry RS, oldest first: when the device marks one
+    /// done, every descriptor up to it is done (it works through the ring in order).
+    pub(crate) tx_rs: VecDeque<u32>,
     /// Next RX descriptor to look at.
     pub(crate) rx_next: u32,
     /// RX packets the device flagged with an error (dropped by the driver).
@@ -207,7 +209,7 @@ impl RingState {
         RingState {
             tx_next: 0,
             tx_clean: 0,
-            tx_eop: vec![0; usize::from(ring_len)],
+            tx_rs: VecDeque::with_capacity(usize::from(ring_len)),
             rx_next: 0,
             rx_errors: 0,
             rx_buf: (0..len).collect(),
