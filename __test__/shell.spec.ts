@@ -169,7 +169,7 @@ test('bad arguments: one line each, counted, and the shell goes on', async (t) =
   t.is(errors[1], 'Bad arguments: missing argument (usage: show port stats all|<port>)')
   t.is(errors[2], "Bad arguments: unexpected 'extra' (usage: show device [<name>])")
   t.is(errors[3], "Bad arguments: unknown forwarding mode 'warp' (io, macswap, rxonly, txonly)")
-  t.is(errors[7], "Bad arguments: unknown back-end 'teleport' (loopback | macswap | rxonly | txonly[:LEN] | pair:<peer> | pcap:<file> | channel)")
+  t.is(errors[7], "Bad arguments: unknown back-end 'teleport' (loopback | macswap | rxonly | txonly[:LEN] | pair:<peer> | pcap:<file> | pcap-replay:<file> | channel)")
   t.is(errors[12], "error: no device 'nope' (devices: emu_edu0, emu_iavf0)")
   t.is(errors[13], 'error: invalid port 7 (ports: none)')
   t.is(errors[14], 'error: packet forwarding not started')

@@ -414,7 +414,10 @@ async function clientCommand(args: string[], io: CliIo): Promise<number> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { IavfPort } = require('./iavf') as typeof import('./iavf')
   const queues = dev.args.queues ?? 1
-  const port = new IavfPort(dev.args.path, typeof values.trace === 'string' ? { queues, trace: values.trace } : { queues })
+  // With --fwd, rings of 1024 as testpmd's loopback runs use: the 512 frames of tx_first 16 then
+  // never find an RX ring full.
+  const options = { queues, ...(fwd === undefined ? {} : { ringLen: 1024 }), ...(typeof values.trace === 'string' ? { trace: values.trace } : {}) }
+  const port = new IavfPort(dev.args.path, options)
   if (!json) {
     io.stdout(`${dev.name}: bringing up the iavf VF on ${dev.args.path} (${queues} queue pair${queues === 1 ? '' : 's'})\n`)
     let n = 0

@@ -46,10 +46,10 @@ export const FWD_MODES = ['io', 'macswap', 'rxonly', 'txonly'] as const
 export type FwdMode = (typeof FWD_MODES)[number]
 
 /** The back-end kinds a port can have (the part of a spec before any `:`). */
-export const BACKEND_KINDS = ['loopback', 'macswap', 'rxonly', 'txonly', 'pair', 'pcap', 'channel'] as const
+export const BACKEND_KINDS = ['loopback', 'macswap', 'rxonly', 'txonly', 'pair', 'pcap', 'pcap-replay', 'channel'] as const
 
 /** How `help` and errors write the back-end specs. */
-const BACKEND_USAGE = 'loopback | macswap | rxonly | txonly[:LEN] | pair:<peer> | pcap:<file> | channel'
+const BACKEND_USAGE = 'loopback | macswap | rxonly | txonly[:LEN] | pair:<peer> | pcap:<file> | pcap-replay:<file> | channel'
 
 /** The device argument of `port attach` starts with this (testpmd's `net_<driver>` style). */
 export const ATTACH_PREFIX = 'net_iavfbe,emu='
@@ -398,8 +398,8 @@ function checkBackendSpec(spec: string): void {
   if (!(BACKEND_KINDS as readonly string[]).includes(kind)) {
     throw new BadArguments(`unknown back-end '${spec}' (${BACKEND_USAGE})`)
   }
-  if ((kind === 'pair' || kind === 'pcap') && spec.length <= kind.length + 1) {
-    throw new BadArguments(`back-end '${spec}' needs a value (${kind === 'pair' ? 'pair:<peer device>' : 'pcap:<file>'})`)
+  if ((kind === 'pair' || kind === 'pcap' || kind === 'pcap-replay') && spec.length <= kind.length + 1) {
+    throw new BadArguments(`back-end '${spec}' needs a value (${kind === 'pair' ? 'pair:<peer device>' : `${kind}:<file>`})`)
   }
 }
 
