@@ -78,7 +78,7 @@ test('help lists every command; help <words> shows the matching ones', async (t)
     'set fwd io|macswap|rxonly|txonly',
     'start',
     'stop',
-    'capture start <port> <file.pcap>',
+    'capture start <port> <file.pcap> [<frames>]',
     'capture stop [<port>]',
     'trace on <file>',
     'trace off',
@@ -88,7 +88,7 @@ test('help lists every command; help <words> shows the matching ones', async (t)
   }
   t.is(more.length, 1, out)
   t.regex(out, /^show port info all\|<port>\n {4}.+\nshow port stats all\|<port>\n {4}.+\nport attach /m)
-  t.regex(out, /^ {4}<spec>: loopback \| macswap \| rxonly \| txonly\[:LEN\] \| pair:<peer> \| pcap:<file> \| channel$/m)
+  t.regex(out, /^ {4}<spec>: loopback \| macswap \| rxonly \| txonly\[:LEN\] \| pair:<peer> \| pcap:<file> \| pcap-replay:<file> \| channel$/m)
 })
 
 test('show device: name, driver, socket, clients, messages, errors; iavf queues, MAC, link, state', async (t) => {

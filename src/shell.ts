@@ -218,7 +218,7 @@ const COMMANDS: readonly CommandDef[] = [
     words: ['capture', 'start'],
     args: ['port', 'file'],
     usage: 'capture start <port> <file.pcap> [<frames>]',
-    summary: 'write every frame the port handles to a pcap file',
+    summary: 'write every frame the port handles (or only the first <frames>) to a pcap file',
     run: (s, a) => s.captureStart(a),
   },
   {
