@@ -44,6 +44,7 @@ import { join, resolve } from 'node:path'
 import { native } from '../src/native'
 import { IavfPort } from '../src/iavf'
 import { IGNORE_REASONS, Responder } from '../src/responder'
+import { EduDevice } from '../examples/edu'
 import { GpioDevice } from '../examples/gpio'
 import { findMirrors, MirrorError } from './apt'
 import { QemuTrace } from './trace'
@@ -133,6 +134,8 @@ interface Scenario {
    * online CPUs) queue pairs, so a multi-queue VF needs as many CPUs.
    */
   readonly cpus?: number
+  /** The guest script, guest/scenarios/<script>.sh (default: the scenario's name). */
+  readonly script?: string
   /** Kernel modules (with their dependencies) the initramfs must hold. */
   readonly modules: readonly string[]
   readonly devices: readonly DeviceUnderTest[]
@@ -597,6 +600,54 @@ function gpioDevice(id: string, inputs: number, loopback: number): DeviceUnderTe
 }
 
 const gpioStat = (name: string) => (c: Counters) => c.device[name] ?? Number.NaN
+
+/** The edu device written in TypeScript (examples/edu.ts), with its model's and handlers' counters. */
+function eduTsDevice(id: string): DeviceUnderTest {
+  return {
+    id,
+    async start(hostPath) {
+      const device = new EduDevice(id)
+      await device.listen(hostPath)
+      return {
+        stats: () => {
+          const { clients, messages, errors, dmaRequests, connected } = device.stats()
+          return { clients, messages, errors, dmaRequests, connected }
+        },
+        deviceStats: (): Record<string, number> => {
+          const { handlerCalls, handlerErrors, handlerTimeouts } = device.stats()
+          return { ...device.model.stats, handlerCalls, handlerErrors, handlerTimeouts }
+        },
+        close: () => device.close(),
+      }
+    },
+  }
+}
+
+/** The guest side of both edu scenarios (guest/scenarios/edu.sh). */
+const EDU_GUEST: readonly GuestExpectation[] = [
+  equals('found', 1),
+  equals('enabled', 1),
+  equals('bar0_size', 0x100000),
+  equals('id', 0x010000ed),
+  equals('liveness', 0xedcba987),
+  { name: 'factorial_polls', want: '< 100', ok: (v) => v < 100 },
+  equals('factorial', 3628800),
+  equals('irq_status', 0x1),
+  equals('irq_status_acked', 0x0),
+]
+
+/** The device side of both edu scenarios. */
+function eduHostChecks(): HostCheck[] {
+  return [
+    ...serverChecks(),
+    // id, liveness, status (>= 1 poll), factorial, irq status twice
+    atLeast('mmioReads', 6, dev('mmioReads')),
+    // liveness, factorial, raise, ack
+    atLeast('mmioWrites', 4, dev('mmioWrites')),
+    atLeast('irqsRaised', 1, dev('irqsRaised')),
+    exactly('badAccesses', 0, dev('badAccesses')),
+  ]
+}
 /** The input pattern the gpio scenario's card presents (IIN15..IIN0). */
 const GPIO_INPUTS = 0xa5c3
 
@@ -606,26 +657,21 @@ const SCENARIOS: readonly Scenario[] = [
     description: 'native edu device (1234:11e8) driven through BAR0 with devmem',
     modules: [],
     devices: [eduDevice('edu0')],
-    guest: [
-      equals('found', 1),
-      equals('enabled', 1),
-      equals('bar0_size', 0x100000),
-      equals('id', 0x010000ed),
-      equals('liveness', 0xedcba987),
-      { name: 'factorial_polls', want: '< 100', ok: (v) => v < 100 },
-      equals('factorial', 3628800),
-      equals('irq_status', 0x1),
-      equals('irq_status_acked', 0x0),
-    ],
+    guest: EDU_GUEST,
+    host: { edu0: eduHostChecks() },
+  },
+  {
+    name: 'edu-ts',
+    description: 'the edu device written in TypeScript (examples/edu.ts, 1234:11e8) driven through BAR0 with devmem',
+    script: 'edu',
+    modules: [],
+    devices: [eduTsDevice('edu0')],
+    guest: EDU_GUEST,
     host: {
       edu0: [
-        ...serverChecks(),
-        // id, liveness, status (>= 1 poll), factorial, irq status twice
-        atLeast('mmioReads', 6, dev('mmioReads')),
-        // liveness, factorial, raise, ack
-        atLeast('mmioWrites', 4, dev('mmioWrites')),
-        atLeast('irqsRaised', 1, dev('irqsRaised')),
-        exactly('badAccesses', 0, dev('badAccesses')),
+        ...eduHostChecks(),
+        exactly('handlerErrors', 0, gpioStat('handlerErrors')),
+        exactly('handlerTimeouts', 0, gpioStat('handlerTimeouts')),
       ],
     },
   },
@@ -989,7 +1035,7 @@ function qemuArgs(scenario: Scenario, kver: string, verbose: boolean): string[] 
     '-initrd', INITRD_INSIDE,
     // loglevel=1: with several guest CPUs a kernel message printed to the console can land in
     // the middle of a scenario's EMUDEV-CHECK line and garble it; scenarios read dmesg instead.
-    '-append', `console=ttyS0 panic=-1${verbose ? '' : ' quiet loglevel=1'} emudev.scenario=${scenario.name}`,
+    '-append', `console=ttyS0 panic=-1${verbose ? '' : ' quiet loglevel=1'} emudev.scenario=${scenario.script ?? scenario.name}`,
   ]
   for (const d of scenario.devices) {
     args.push(

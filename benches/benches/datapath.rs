@@ -22,6 +22,7 @@
 //! - `EMUDEV_BENCH_PIN=0`: do not pin (default: device to CPU 0, client to CPU 1).
 //! - `EMUDEV_BENCH_DPDK=0`: skip the DPDK reference.
 //! - `EMUDEV_BENCH_MODE=trapped`: trapped tails, inline data path (default `mmap`).
+//! - `EMUDEV_BENCH_SIZES=64,1500`: the frame sizes (default both).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -203,8 +204,13 @@ fn main() {
             script.display()
         );
     }
+    let sizes: Vec<usize> = std::env::var("EMUDEV_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| SIZES.to_vec());
     let mut n = 0;
-    for size in SIZES {
+    for size in sizes {
         let mut ours = Vec::new();
         let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
         for run in 1..=runs {
