@@ -4,6 +4,7 @@ import { PassThrough } from 'node:stream'
 import test from 'ava'
 
 import {
+  forwardSample,
   CLEAR_LINE,
   counterDelta,
   formatBitRate,
@@ -217,4 +218,11 @@ test('a sampling function that fails at once stops before any timer fires', asyn
   const s = await view.done
   t.is(s.error, 'no ports')
   t.is(s.samples, 0)
+})
+
+test('forwardSample: a forwarding engine as one port, TX ring overflows as drops, zeros before it started', (t) => {
+  t.deepEqual(forwardSample({ rxPackets: 5, rxBytes: 320, txPackets: 6, txBytes: 384, txDropped: 1 }, '3'), [
+    { port: '3', counters: { rxPackets: 5, rxBytes: 320, txPackets: 6, txBytes: 384, drops: 1, errors: 0 } },
+  ])
+  t.deepEqual(forwardSample(null), [{ port: '0', counters: { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: 0, errors: 0 } }])
 })

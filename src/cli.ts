@@ -521,7 +521,7 @@ async function runForwarding(
   io: CliIo,
 ): Promise<ForwardSummary> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { startLive, MAX_LIVE_MS } = require('./live') as typeof import('./live')
+  const { startLive, forwardSample, MAX_LIVE_MS } = require('./live') as typeof import('./live')
   const stop = stopSignal()
   const options = { mode: req.mode, txFirst: req.txFirst, frameLen: req.frameLen, ...(req.durationMs === undefined ? {} : { durationMs: req.durationMs }) }
   if (!json) {
@@ -533,22 +533,7 @@ async function runForwarding(
   const live = json
     ? undefined
     : startLive({
-        sample: () => {
-          const s = port.forwardStats()
-          return [
-            {
-              port: '0',
-              counters: {
-                rxPackets: s?.rxPackets ?? 0,
-                rxBytes: s?.rxBytes ?? 0,
-                txPackets: s?.txPackets ?? 0,
-                txBytes: s?.txBytes ?? 0,
-                drops: s?.txDropped ?? 0,
-                errors: 0,
-              },
-            },
-          ]
-        },
+        sample: () => forwardSample(port.forwardStats()),
         output: { write: (t: string) => io.stdout(t), isTTY: process.stdout.isTTY === true },
         durationMs: (req.durationMs ?? MAX_LIVE_MS) + 5000,
         printSummary: false,

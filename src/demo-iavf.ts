@@ -23,7 +23,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { IavfPort } from './iavf'
-import { startLive } from './live'
+import { forwardSample, startLive } from './live'
 
 /** Seconds of forwarding. */
 export const DEMO_SECONDS = 3
@@ -138,22 +138,7 @@ export async function iavfDemo(cli: string, dir: string, pcap: string): Promise<
     print('forward', `io, tx_first 16 (512 UDP frames 198.18.0.1 -> 198.19.0.1, 64 B) for ${DEMO_SECONDS} s`)
     const p = port
     const live = startLive({
-      sample: () => {
-        const s = p.forwardStats()
-        return [
-          {
-            port: '0',
-            counters: {
-              rxPackets: s?.rxPackets ?? 0,
-              rxBytes: s?.rxBytes ?? 0,
-              txPackets: s?.txPackets ?? 0,
-              txBytes: s?.txBytes ?? 0,
-              drops: s?.txDropped ?? 0,
-              errors: 0,
-            },
-          },
-        ]
-      },
+      sample: () => forwardSample(p.forwardStats()),
       output: { write: (t: string) => process.stdout.write(t), isTTY: process.stdout.isTTY === true },
       durationMs: DEMO_SECONDS * 1000 + 5000,
       printSummary: false,

@@ -67,6 +67,35 @@ export interface PortRates {
 /** The counters named in {@link PortCounters}, in display order. */
 const COUNTER_KEYS: readonly (keyof PortCounters)[] = ['rxPackets', 'rxBytes', 'txPackets', 'txBytes', 'drops', 'errors']
 
+/** The counters a client's forwarding engine keeps (`IavfPort.forwardStats()`). */
+export interface ForwardCounters {
+  rxPackets: number
+  rxBytes: number
+  txPackets: number
+  txBytes: number
+  txDropped: number
+}
+
+/**
+ * A sample of one port from a forwarding engine's counters (`null` before the
+ * engine started: all zero); TX ring overflows count as drops.
+ */
+export function forwardSample(stats: ForwardCounters | null, port = '0'): PortSample[] {
+  return [
+    {
+      port,
+      counters: {
+        rxPackets: stats?.rxPackets ?? 0,
+        rxBytes: stats?.rxBytes ?? 0,
+        txPackets: stats?.txPackets ?? 0,
+        txBytes: stats?.txBytes ?? 0,
+        drops: stats?.txDropped ?? 0,
+        errors: 0,
+      },
+    },
+  ]
+}
+
 /** All-zero counters. */
 export function zeroCounters(): PortCounters {
   return { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: 0, errors: 0 }

@@ -193,8 +193,7 @@ impl Generator {
     }
 
     /// Generates a `len`-byte UDP/IPv4 frame (42..=9728 bytes): 02:00:00:00:00:02 to
-    /// 02:00:00:00:00:01, 198.18.0.1:9 to 198.19.0.1:9, TTL 64, IPv4 header checksum set,
-    /// UDP checksum 0 (none), zero payload.
+    /// 02:00:00:00:00:01, 198.18.0.1:9 to 198.19.0.1:9 ([`crate::spec::frame::udp_frame`]).
     pub fn udp(len: usize) -> Result<Self, CreateGeneratorError> {
         Self::new(&udp_frame(len)?)
     }
@@ -231,38 +230,11 @@ pub fn udp_frame(len: usize) -> Result<Vec<u8>, CreateGeneratorError> {
             max,
         });
     }
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    // len <= 9728: the IP and UDP lengths fit 16 bits.
-    let ip_len = (len - 14) as u16;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 19, 0, 1]);
-    let sum = ipv4_checksum(ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&9u16.to_be_bytes());
-    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
-    Ok(f)
-}
-
-/// The one's-complement sum of the 16-bit words of an IPv4 header (checksum field zero).
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    !(sum as u16)
+    Ok(crate::spec::frame::udp_frame(
+        len,
+        [0x02, 0, 0, 0, 0, 0x02],
+        [0x02, 0, 0, 0, 0, 0x01],
+    ))
 }
 
 struct GeneratorQueue {
@@ -375,7 +347,7 @@ mod tests {
         assert_eq!(u16::from_be_bytes([f[16], f[17]]), 50, "IP total length");
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 30, "UDP length");
         // A header with its checksum in place sums to 0xFFFF (checksums to zero).
-        assert_eq!(ipv4_checksum(&f[14..34]), 0);
+        assert_eq!(crate::spec::frame::ipv4_checksum(&f[14..34]), 0);
         assert_eq!(udp_frame(1500).expect("1500").len(), 1500);
         assert!(udp_frame(41).is_err());
         assert_eq!(

@@ -17,6 +17,7 @@
 
 pub mod aq;
 pub mod desc;
+pub mod frame;
 pub mod regs;
 pub mod virtchnl;
 
