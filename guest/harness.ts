@@ -330,7 +330,7 @@ interface PingRig {
  * (`iavfStats()`, unprefixed), its data path (`dp*`), the peer's (`peer*`),
  * the responder's (`resp*`) and the client's (`client*`, after close).
  */
-function iavfPingRig(id: string): PingRig {
+function iavfPingRig(id: string, queues: number): PingRig {
   const last: Record<string, number> = {}
   const device: DeviceUnderTest = {
     id,
@@ -343,7 +343,7 @@ function iavfPingRig(id: string): PingRig {
       live.set(`sock:${id}-peer`, () => rmSync(peerPath, { force: true }))
       const guestOptions: IavfServerOptions = {
         name: 'emu_iavf0',
-        queues: 1,
+        queues,
         mac: IAVF_MAC,
         mtu: 1500,
         backend: 'pair:emu_iavf1',
@@ -475,15 +475,18 @@ function sameAs(a: string, b: string): HostCheck {
  * the guest sends nothing but ARP and the pings (IPv6 is off), and each of
  * its frames gets exactly one answer.
  */
-function iavfPingScenario(): Scenario {
+function iavfPingScenario(queues = 1): Scenario {
   const id = 'iavf0'
-  const rig = iavfPingRig(id)
+  const rig = iavfPingRig(id, queues)
   const stat = (name: string) => (c: Counters) => c.device[name] ?? Number.NaN
   const zero = (name: string) => exactly(name, 0, stat(name))
   return {
-    name: 'iavf-ping',
+    name: queues === 1 ? 'iavf-ping' : `iavf-ping${queues}`,
+    script: 'iavf-ping',
+    cpus: queues,
     description:
-      `Linux iavf on emu_iavf0 (back-end pair:emu_iavf1, mac=${IAVF_MAC}): ping -c ${PING_COUNT} ${PING_PEER_IP}` +
+      `Linux iavf on emu_iavf0 (${queues} queue pair${queues === 1 ? '' : 's'}, back-end pair:emu_iavf1, mac=${IAVF_MAC}):` +
+      ` ping -c ${PING_COUNT} ${PING_PEER_IP}` +
       ` answered by the TypeScript responder (src/responder.ts) on emu_iavf1 through IavfPort; counters agree`,
     modules: ['iavf'],
     devices: [rig.device],
@@ -731,6 +734,9 @@ const SCENARIOS: readonly Scenario[] = [
   iavfScenario('iavf-db', 1, true),
   // Traffic: the guest pings a TypeScript responder on a peer VF through the software data path.
   iavfPingScenario(),
+  // The same with 4 queue pairs and 4 guest CPUs: Linux spreads its TX over the queues (the
+  // peer has one; the pair folds them onto it).
+  iavfPingScenario(4),
 ]
 
 // ---------------------------------------------------------------------------
