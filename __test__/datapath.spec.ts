@@ -95,6 +95,29 @@ test('packets() yields what arrives and ends when aborted', async (t) => {
   t.deepEqual(seen, want)
 })
 
+test('send() while packets() is waiting: the frames reach the running loop', async (t) => {
+  const sock = tempSocket(t, 'vf.sock')
+  const server = NativeServer.listenIavf(sock, { name: 'emu_iavf0', backend: 'loopback' })
+  t.teardown(() => server.close())
+  const port = await upPort(t, sock)
+  const ac = new AbortController()
+  const seen: Buffer[] = []
+  const loop = (async () => {
+    for await (const f of port.packets({ signal: ac.signal })) {
+      seen.push(f)
+      if (seen.length === 3) ac.abort()
+    }
+  })()
+  // The loop is already polling an empty ring when these go out.
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  const frames = [frame(64, 21), frame(65, 22), frame(66, 23)]
+  t.is(await port.send(frames), 3)
+  const guard = setTimeout(() => ac.abort(), 10_000)
+  await loop
+  clearTimeout(guard)
+  t.deepEqual(seen, frames)
+})
+
 test('attachBackend / detachBackend: codes for busy, bad spec, nothing attached and the wrong device', async (t) => {
   const sock = tempSocket(t, 'vf.sock')
   const server = NativeServer.listenIavf(sock, { name: 'emu_iavf7' })

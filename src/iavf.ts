@@ -235,8 +235,9 @@ export class IavfPort extends TypedEmitter<IavfPortEvents> {
 
   /**
    * Received frames from RX queue `queue` (default 0), at most `max`;
-   * waits up to `timeoutMs` for the first one. Resolves with an empty array
-   * when none came.
+   * waits up to `timeoutMs` for the first one (the port's other requests
+   * wait meanwhile: use {@link IavfPort.packets} to receive while sending).
+   * Resolves with an empty array when none came.
    */
   async receive(options: ReceiveOptions = {}): Promise<Buffer[]> {
     const n = await this.#connect()
@@ -245,20 +246,28 @@ export class IavfPort extends TypedEmitter<IavfPortEvents> {
 
   /**
    * Every frame received on queue `queue`, as it comes, until the port is
-   * closed or `signal` aborts (each wait is bounded: at most 100 ms between
-   * looks at the signal).
+   * closed or `signal` aborts. It looks without waiting natively (so that
+   * `send()` and the other requests are never held up behind it) and, while
+   * nothing comes, sleeps between looks from 1 ms doubling up to 16 ms.
    */
   async *packets(options: PacketsOptions = {}): AsyncGenerator<Buffer, void, undefined> {
     const queue = options.queue ?? 0
+    let idleMs = 0
     while (!this.#closed && options.signal?.aborted !== true) {
       let got: Buffer[]
       try {
-        got = await this.receive({ queue, max: 64, timeoutMs: 100 })
+        got = await this.receive({ queue, max: 64 })
       } catch (err) {
         if (this.#closed) return
         throw err
       }
       for (const f of got) yield f
+      if (got.length > 0) {
+        idleMs = 0
+        continue
+      }
+      idleMs = Math.min(16, Math.max(1, idleMs * 2))
+      await new Promise((resolve) => setTimeout(resolve, idleMs))
     }
   }
 
