@@ -5,122 +5,40 @@
 //! application side, with its eventfd), `txonly` (RX keeps being filled), `rxonly` (counted,
 //! nothing comes back), `macswap`, and the capture tap on a running data path.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{frame, rx_wait, serve, temp_dir, tx_all, unique_number, Vf};
 use emudev_iavf::datapath::{
     self, Backend, BackendControl, BackendSpec, CaptureStartError, CaptureStopError, ChannelPort,
-    DatapathStats, PairRegistry, PairSide, PcapBackend, PcapWriter, QueueStats, Sink,
+    PairRegistry, PairSide, PcapBackend, PcapWriter, QueueStats, Sink,
 };
-use emudev_iavf::driver::{DriverConfig, IavfDriver};
-use emudev_iavf::{IavfConfig, IavfDevice, IavfHandle};
-use emudev_vfio_user::server::{RunningServer, ServerConfig};
+use emudev_iavf::driver::DriverConfig;
+use emudev_iavf::IavfConfig;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("iavf-be-{tag}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-struct Vf {
-    dir: PathBuf,
-    handle: IavfHandle,
-    stats: DatapathStats,
-    server: Option<RunningServer<IavfDevice>>,
-    driver: Option<IavfDriver>,
-}
-
-impl Drop for Vf {
-    fn drop(&mut self) {
-        drop(self.driver.take());
-        if let Some(s) = self.server.take() {
-            let _ = s.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Vf {
-    fn d(&mut self) -> &mut IavfDriver {
-        self.driver.as_mut().expect("driver")
-    }
-
-    /// Detaches the data path (the back-end's queues are dropped with it).
-    fn detach(&self) {
-        drop(self.handle.emu().detach_provider().expect("detach"));
-    }
+/// Detaches `vf`'s data path (the back-end's queues are dropped with it).
+fn detach(vf: &Vf) {
+    drop(vf.handle.emu().detach_provider().expect("detach"));
 }
 
 /// A VF named `name` with `queues` pairs and `backend` attached with [`datapath::attach`]
 /// (which picks polled mode for back-ends that originate frames, or for doorbell `pages`),
 /// its driver brought up (and mapping the pages when there are some).
 fn up(name: &str, backend: Arc<dyn Backend>, queues: u16, pages: bool) -> Vf {
-    let dir = temp_dir(name);
-    let path = dir.join("vf.sock");
-    let dev = IavfDevice::new(
-        IavfConfig::new(name)
-            .with_queues(queues)
-            .with_doorbell_pages(pages),
-    )
-    .expect("device");
-    let handle = dev.handle();
-    let server = dev.serve(&path, ServerConfig::default()).expect("bind");
-    let stats = datapath::attach(&handle, backend).expect("attach data path");
-    let server = server.spawn().expect("spawn");
-    let mut driver = IavfDriver::connect(&path).expect("connect");
-    if pages {
-        assert!(driver.map_doorbells().expect("map doorbells"));
-    }
-    driver
-        .bring_up(&DriverConfig::with_queue_pairs(queues))
-        .expect("bring-up");
-    Vf {
-        dir,
-        handle,
-        stats,
-        server: Some(server),
-        driver: Some(driver),
-    }
+    let device = IavfConfig::new(name)
+        .with_queues(queues)
+        .with_doorbell_pages(pages);
+    let cfg = DriverConfig::with_queue_pairs(queues);
+    let (vf, mapped) = serve(name, device, |h| datapath::attach(h, backend), &cfg, pages);
+    assert_eq!(mapped, pages, "doorbell pages mapped");
+    vf
 }
 
 fn unique(tag: &str) -> String {
-    format!("emu_iavf_{tag}{}", NEXT.fetch_add(1, Ordering::SeqCst))
-}
-
-fn frame(len: usize, seed: u8) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect();
-    f[0] = 0x02;
-    f
-}
-
-/// Receives on `q` until `want` frames arrived or two seconds passed.
-fn rx_wait(vf: &mut Vf, q: u16, want: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let end = Instant::now() + Duration::from_secs(2);
-    while out.len() < want && Instant::now() < end {
-        if vf.d().rx_burst(q, &mut out, 32).expect("rx_burst") == 0 {
-            std::thread::sleep(Duration::from_micros(20));
-        }
-    }
-    out
-}
-
-/// Sends every frame on `q`, retrying while the TX ring is full (two seconds at most).
-fn tx_all(vf: &mut Vf, q: u16, frames: &[Vec<u8>]) {
-    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    let mut sent = 0;
-    let end = Instant::now() + Duration::from_secs(2);
-    while sent < refs.len() && Instant::now() < end {
-        sent += vf.d().tx_burst(q, &refs[sent..]).expect("tx_burst");
-    }
-    assert_eq!(sent, refs.len(), "TX ring never drained");
+    format!("emu_iavf_{tag}{}", unique_number())
 }
 
 /// A queue's counters once `done(stats)` holds, or after two seconds.
@@ -357,7 +275,7 @@ fn pcap_output_holds_every_frame_the_client_sent() {
     // After the data path is detached the file is complete without an explicit flush.
     let more = vec![frame(1500, 7), frame(64, 8)];
     tx_all(&mut vf, 0, &more);
-    vf.detach();
+    detach(&vf);
     let mut all = frames.clone();
     all.extend(more);
     assert_eq!(parse_pcap(&file), all);

@@ -3,79 +3,28 @@
 //! 64 B and 1500 B frames, a full burst, gathered and spanning packets, RX ring exhaustion and
 //! recovery, GET_STATS, and a TX descriptor outside mapped memory.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use emudev_iavf::datapath::{self, DatapathStats, Loopback, QueueStats};
-use emudev_iavf::driver::{DriverConfig, IavfDriver};
+mod common;
+
+use common::{frame, rx_all, serve, unique_number, Vf};
+use emudev_iavf::datapath::{self, Loopback, QueueStats};
+use emudev_iavf::driver::DriverConfig;
 use emudev_iavf::spec::desc::{tx_cmd, TxContextDesc, TxDesc};
-use emudev_iavf::{IavfConfig, IavfDevice, IavfHandle};
-use emudev_vfio_user::server::{RunningServer, ServerConfig};
+use emudev_iavf::IavfConfig;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-struct Vf {
-    dir: PathBuf,
-    handle: IavfHandle,
-    stats: DatapathStats,
-    server: Option<RunningServer<IavfDevice>>,
-    driver: Option<IavfDriver>,
-}
-
-impl Drop for Vf {
-    fn drop(&mut self) {
-        drop(self.driver.take());
-        if let Some(s) = self.server.take() {
-            let _ = s.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Vf {
-    fn d(&mut self) -> &mut IavfDriver {
-        self.driver.as_mut().expect("driver")
-    }
-}
-
-/// A VF with a loopback data path and a driver brought up with `cfg`.
+/// A VF with an inline loopback data path and a driver brought up with `cfg`.
 fn up(cfg: DriverConfig) -> Vf {
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("iavf-dp-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("vf.sock");
-    let dev =
-        IavfDevice::new(IavfConfig::new(&format!("emu_iavf_dp{n}")).with_queues(cfg.queue_pairs))
-            .expect("device");
-    let handle = dev.handle();
-    let server = dev.serve(&path, ServerConfig::default()).expect("bind");
-    let stats = datapath::attach(&handle, Arc::new(Loopback)).expect("attach data path");
-    let server = server.spawn().expect("spawn");
-    let mut driver = IavfDriver::connect(&path).expect("connect");
-    driver.bring_up(&cfg).expect("bring-up");
-    Vf {
-        dir,
-        handle,
-        stats,
-        server: Some(server),
-        driver: Some(driver),
-    }
-}
-
-fn frame(len: usize, seed: u8) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect();
-    // Unicast destination.
-    f[0] = 0x02;
-    f
-}
-
-fn rx_all(vf: &mut Vf, q: u16) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while vf.d().rx_burst(q, &mut out, 32).expect("rx_burst") > 0 {}
-    out
+    let name = format!("emu_iavf_dp{}", unique_number());
+    let device = IavfConfig::new(&name).with_queues(cfg.queue_pairs);
+    serve(
+        "dp",
+        device,
+        |h| datapath::attach(h, Arc::new(Loopback)),
+        &cfg,
+        false,
+    )
+    .0
 }
 
 #[test]

@@ -4,109 +4,35 @@
 //! 64 B and 1500 B frames, many rounds over the ring's wrap, queue disable and VF reset under
 //! traffic, and the worker stopping on detach.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emudev_iavf::datapath::{self, DatapathStats, Loopback, PollConfig, QueueStats};
-use emudev_iavf::driver::{DriverConfig, IavfDriver};
-use emudev_iavf::{IavfConfig, IavfDevice, IavfHandle};
-use emudev_vfio_user::server::{RunningServer, ServerConfig};
+mod common;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-struct Vf {
-    dir: PathBuf,
-    handle: IavfHandle,
-    stats: DatapathStats,
-    server: Option<RunningServer<IavfDevice>>,
-    driver: Option<IavfDriver>,
-}
-
-impl Drop for Vf {
-    fn drop(&mut self) {
-        drop(self.driver.take());
-        if let Some(s) = self.server.take() {
-            let _ = s.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Vf {
-    fn d(&mut self) -> &mut IavfDriver {
-        self.driver.as_mut().expect("driver")
-    }
-}
+use common::{frame, rx_wait, serve, tx_all, unique_number, Vf};
+use emudev_iavf::datapath::{self, Loopback, PollConfig, QueueStats};
+use emudev_iavf::driver::DriverConfig;
+use emudev_iavf::IavfConfig;
 
 /// A VF (`pages`: tails on doorbell pages) with a polled loopback data path, a driver brought
 /// up, and the doorbell pages mapped by the driver when `map` is set. Returns whether the
 /// driver mapped anything too.
 fn up(pages: bool, map: bool, queue_pairs: u16) -> (Vf, bool) {
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("iavf-dpp-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("vf.sock");
-    let dev = IavfDevice::new(
-        IavfConfig::new(&format!("emu_iavf_dpp{n}"))
-            .with_queues(queue_pairs)
-            .with_doorbell_pages(pages),
+    let device = IavfConfig::new(&format!("emu_iavf_dpp{}", unique_number()))
+        .with_queues(queue_pairs)
+        .with_doorbell_pages(pages);
+    serve(
+        "dpp",
+        device,
+        |h| datapath::attach_polled(h, Arc::new(Loopback), PollConfig::default()),
+        &DriverConfig::with_queue_pairs(queue_pairs),
+        map,
     )
-    .expect("device");
-    let handle = dev.handle();
-    let server = dev.serve(&path, ServerConfig::default()).expect("bind");
-    let stats = datapath::attach_polled(&handle, Arc::new(Loopback), PollConfig::default())
-        .expect("attach data path");
-    let server = server.spawn().expect("spawn");
-    let mut driver = IavfDriver::connect(&path).expect("connect");
-    let mapped = if map {
-        driver.map_doorbells().expect("map doorbells")
-    } else {
-        false
-    };
-    driver
-        .bring_up(&DriverConfig::with_queue_pairs(queue_pairs))
-        .expect("bring-up");
-    let vf = Vf {
-        dir,
-        handle,
-        stats,
-        server: Some(server),
-        driver: Some(driver),
-    };
-    (vf, mapped)
-}
-
-fn frame(len: usize, seed: u8) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect();
-    f[0] = 0x02;
-    f
-}
-
-/// Receives until `want` packets arrived or two seconds passed.
-fn rx_wait(vf: &mut Vf, q: u16, want: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let end = Instant::now() + Duration::from_secs(2);
-    while out.len() < want && Instant::now() < end {
-        if vf.d().rx_burst(q, &mut out, 32).expect("rx_burst") == 0 {
-            std::thread::sleep(Duration::from_micros(20));
-        }
-    }
-    out
 }
 
 /// Sends every frame (retrying while the TX ring is full) and checks they come back in order.
 fn loop_frames(vf: &mut Vf, q: u16, frames: &[Vec<u8>]) {
-    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    let mut sent = 0;
-    let end = Instant::now() + Duration::from_secs(2);
-    while sent < refs.len() && Instant::now() < end {
-        sent += vf.d().tx_burst(q, &refs[sent..]).expect("tx_burst");
-    }
-    assert_eq!(sent, refs.len(), "TX ring never drained");
+    tx_all(vf, q, frames);
     assert_eq!(rx_wait(vf, q, frames.len()), frames);
 }
 

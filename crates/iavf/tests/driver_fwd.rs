@@ -3,92 +3,43 @@
 //! multi-buffer packets), the pool's accounting, and io / macswap / rxonly / txonly with their
 //! counters checked against the device's.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emudev_iavf::datapath::{self, DatapathStats, Loopback};
-use emudev_iavf::driver::{
-    udp_frame, DriverConfig, FwdConfig, FwdCounters, FwdMode, IavfDriver, Seg,
-};
-use emudev_iavf::{IavfConfig, IavfDevice, IavfHandle};
-use emudev_vfio_user::server::{RunningServer, ServerConfig};
+mod common;
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+use common::{frame, rx_all, serve, unique_number, Vf};
+use emudev_iavf::datapath::{self, Loopback};
+use emudev_iavf::driver::{udp_frame, DriverConfig, FwdConfig, FwdCounters, FwdMode, Seg};
+use emudev_iavf::IavfConfig;
 
-struct Vf {
-    dir: PathBuf,
-    handle: IavfHandle,
-    stats: DatapathStats,
-    server: Option<RunningServer<IavfDevice>>,
-    driver: Option<IavfDriver>,
+/// Every pool buffer of pair 0 is free, posted in an RX descriptor, or in flight on TX
+/// (`held` are the ones the test holds).
+fn assert_pool_whole(vf: &mut Vf, held: usize) {
+    let in_flight = vf.d().tx_complete(0).expect("clean") as usize;
+    let p = &vf.d().queue_pairs()[0];
+    let rx_posted = usize::from(p.ring_len());
+    assert_eq!(
+        p.pool_free() + rx_posted + in_flight + held,
+        p.pool_size() as usize,
+        "a pool buffer leaked or was freed twice"
+    );
 }
 
-impl Drop for Vf {
-    fn drop(&mut self) {
-        drop(self.driver.take());
-        if let Some(s) = self.server.take() {
-            let _ = s.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Vf {
-    fn d(&mut self) -> &mut IavfDriver {
-        self.driver.as_mut().expect("driver")
-    }
-
-    /// Every pool buffer of pair 0 is free, posted in an RX descriptor, or in flight on TX
-    /// (`held` are the ones the test holds).
-    fn assert_pool_whole(&mut self, held: usize) {
-        let in_flight = self.d().tx_complete(0).expect("clean") as usize;
-        let p = &self.d().queue_pairs()[0];
-        let rx_posted = usize::from(p.ring_len());
-        assert_eq!(
-            p.pool_free() + rx_posted + in_flight + held,
-            p.pool_size() as usize,
-            "a pool buffer leaked or was freed twice"
-        );
-    }
-}
-
+/// A VF with an inline loopback data path, MTU `mtu`, and a driver brought up with `cfg`.
 fn up(cfg: DriverConfig, mtu: u16) -> Vf {
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("iavf-fwd-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("vf.sock");
-    let mut vcfg = IavfConfig::new(&format!("emu_iavf_fwd{n}")).with_queues(cfg.queue_pairs);
-    vcfg.set("mtu", &mtu.to_string()).expect("mtu");
-    let dev = IavfDevice::new(vcfg).expect("device");
-    let handle = dev.handle();
-    let server = dev.serve(&path, ServerConfig::default()).expect("bind");
-    let stats = datapath::attach(&handle, Arc::new(Loopback)).expect("attach data path");
-    let server = server.spawn().expect("spawn");
-    let mut driver = IavfDriver::connect(&path).expect("connect");
-    driver.bring_up(&cfg).expect("bring-up");
-    Vf {
-        dir,
-        handle,
-        stats,
-        server: Some(server),
-        driver: Some(driver),
-    }
-}
-
-fn frame(len: usize, seed: u8) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
-        .collect();
-    f[0] = 0x02;
-    f
-}
-
-fn rx_all(vf: &mut Vf) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while vf.d().rx_burst(0, &mut out, 32).expect("rx_burst") > 0 {}
-    out
+    let mut device =
+        IavfConfig::new(&format!("emu_iavf_fwd{}", unique_number())).with_queues(cfg.queue_pairs);
+    device.set("mtu", &mtu.to_string()).expect("mtu");
+    serve(
+        "fwd",
+        device,
+        |h| datapath::attach(h, Arc::new(Loopback)),
+        &cfg,
+        false,
+    )
+    .0
 }
 
 #[test]
@@ -114,11 +65,11 @@ fn segments_go_back_out_without_copies_single_and_spanning() {
     let mut head = vec![0u8; 100];
     vf.d().read_buf(0, segs[0].buf, 0, &mut head).expect("read");
     assert_eq!(head, small);
-    vf.assert_pool_whole(segs.len());
+    assert_pool_whole(&mut vf, segs.len());
     // Back out as they are: the device gathers the three descriptors into one frame.
     assert_eq!(vf.d().tx_burst_segs(0, &segs).expect("tx segs"), 4);
-    assert_eq!(rx_all(&mut vf), vec![small, big]);
-    vf.assert_pool_whole(0);
+    assert_eq!(rx_all(&mut vf, 0), vec![small, big]);
+    assert_pool_whole(&mut vf, 0);
     let s = vf.stats.total();
     assert_eq!((s.tx_packets, s.rx_packets, s.tx_errors), (4, 4, 0));
 }
@@ -149,8 +100,8 @@ fn zero_copy_calls_refuse_what_is_not_a_pool_buffer() {
     // Nothing was posted: the ring is still usable.
     let f = frame(64, 9);
     assert_eq!(vf.d().tx_burst(0, &[&f]).expect("tx"), 1);
-    assert_eq!(rx_all(&mut vf), vec![f]);
-    vf.assert_pool_whole(0);
+    assert_eq!(rx_all(&mut vf, 0), vec![f]);
+    assert_pool_whole(&mut vf, 0);
 }
 
 #[test]
@@ -185,12 +136,12 @@ fn io_forwarding_keeps_the_injected_packets_circulating() {
     assert_eq!(dev.rx_drops + dev.tx_errors + dev.rx_errors, 0);
     assert!(dev.tx_packets >= s.rx_packets && dev.tx_packets <= s.tx_packets);
     // The 64 in flight come back once more, untouched.
-    let left = rx_all(&mut vf);
+    let left = rx_all(&mut vf, 0);
     assert_eq!(left.len() as u64, s.tx_packets - s.rx_packets);
     let mac = vf.d().mac().expect("mac");
     let template = udp_frame(64, mac, [0x02, 0, 0, 0, 0, 2]);
     assert!(left.iter().all(|f| *f == template));
-    vf.assert_pool_whole(0);
+    assert_pool_whole(&mut vf, 0);
 }
 
 #[test]
@@ -210,7 +161,7 @@ fn macswap_swaps_on_every_pass() {
         .forward(&fwd, &counters, &AtomicBool::new(false))
         .expect("forward");
     assert_eq!(s.tx_packets, s.rx_packets + 1);
-    let left = rx_all(&mut vf);
+    let left = rx_all(&mut vf, 0);
     assert_eq!(left.len(), 1);
     let mac = vf.d().mac().expect("mac");
     let mut want = udp_frame(80, mac, [0x02, 0, 0, 0, 0, 2]);
@@ -238,7 +189,7 @@ fn rxonly_counts_and_frees_what_arrives() {
     assert_eq!(s.rx_packets, 40);
     assert_eq!(s.rx_bytes, (0..40).map(|i| 60 + i).sum::<u64>());
     assert_eq!(s.tx_packets, 0);
-    vf.assert_pool_whole(0);
+    assert_pool_whole(&mut vf, 0);
 }
 
 #[test]
@@ -277,7 +228,7 @@ fn txonly_sends_the_template_and_stops_on_the_flag() {
     let dev = vf.stats.total();
     assert_eq!(dev.tx_bytes, dev.tx_packets * 128);
     assert!(s.rx_packets <= dev.rx_packets);
-    vf.assert_pool_whole(0);
+    assert_pool_whole(&mut vf, 0);
 }
 
 #[test]
@@ -304,7 +255,7 @@ fn a_data_path_attached_again_while_queues_run_continues_where_the_last_stopped(
             .collect();
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
         assert_eq!(vf.d().tx_burst(0, &refs).expect("tx"), 5);
-        assert_eq!(rx_all(&mut vf), frames, "round {round}");
+        assert_eq!(rx_all(&mut vf, 0), frames, "round {round}");
         vf.handle.emu().detach_provider().expect("detach");
         vf.stats = datapath::attach(&vf.handle, Arc::new(Loopback)).expect("attach again");
     }
@@ -313,7 +264,7 @@ fn a_data_path_attached_again_while_queues_run_continues_where_the_last_stopped(
     assert_eq!((s.tx_packets, s.tx_errors, s.rx_packets), (0, 0, 0));
     let f = frame(200, 99);
     assert_eq!(vf.d().tx_burst(0, &[&f]).expect("tx"), 1);
-    assert_eq!(rx_all(&mut vf), vec![f]);
+    assert_eq!(rx_all(&mut vf, 0), vec![f]);
     let s = vf.stats.total();
     assert_eq!((s.tx_packets, s.tx_errors, s.rx_packets), (1, 0, 1));
 }
