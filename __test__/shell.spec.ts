@@ -24,15 +24,6 @@ import { tempSocket, waitFor } from './helpers'
 
 const MAC = '02:00:00:00:00:2a'
 
-/** Whether the native addon has the iavf data path (`attachBackend` and the rest on NativeServer). */
-const nativeDatapath = typeof (native.NativeServer.prototype as unknown as Record<string, unknown>).attachBackend === 'function'
-
-/** For tests that need the native data path: skipped until the addon has `attachBackend`. */
-const datapathTest = nativeDatapath ? test : test.skip
-
-/** For the trace test: skipped until NativeServer has `traceStart` (it does not need the data path). */
-const traceTest = typeof (native.NativeServer.prototype as unknown as Record<string, unknown>).traceStart === 'function' ? test : test.skip
-
 /** Serves emu_edu0, emu_iavf0 (2 queue pairs) and, with `pair`, emu_iavf1, in a fresh directory. */
 async function served(t: ExecutionContext, pair = false): Promise<ServeHandle> {
   const dir = dirname(tempSocket(t))
@@ -729,7 +720,7 @@ test('ServeShellHost traces every device that can into one file, labelled with i
 
 // ---- With the native data path (skipped until NativeServer has attachBackend) ----
 
-datapathTest('native: port attach/detach, show port info/stats on a real emu_iavf device', async (t) => {
+test('native: port attach/detach, show port info/stats on a real emu_iavf device', async (t) => {
   const handle = await served(t)
   const host = new ServeShellHost(handle)
   const { out, failed } = await run(
@@ -754,7 +745,7 @@ datapathTest('native: port attach/detach, show port info/stats on a real emu_iav
   t.is(host.backend('emu_iavf0'), null)
 })
 
-datapathTest('native: set fwd io pairs two emu_iavf devices; start/stop; capture and trace files', async (t) => {
+test('native: set fwd io pairs two emu_iavf devices; start/stop; capture and trace files', async (t) => {
   const handle = await served(t, true)
   const host = new ServeShellHost(handle)
   const dir = dirname(handle.devices[0]?.path ?? '')
@@ -785,7 +776,7 @@ datapathTest('native: set fwd io pairs two emu_iavf devices; start/stop; capture
   t.true(existsSync(trace))
 })
 
-traceTest('native: trace on/off writes the decoded messages of a client as JSON lines labelled with the device', async (t) => {
+test('native: trace on/off writes the decoded messages of a client as JSON lines labelled with the device', async (t) => {
   const handle = await served(t)
   const edu = handle.devices[0]
   if (edu === undefined) return t.fail()
