@@ -52,6 +52,7 @@ mod channel;
 mod mem;
 mod pair;
 mod pcap;
+mod ring;
 mod rx;
 mod spsc;
 #[cfg(test)]

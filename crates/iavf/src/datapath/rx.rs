@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use emudev_dma::{DmaProt, DmaTable, DmaWindow, Iova};
 
 use super::mem::BufCache;
+use super::ring::RingPos;
 use super::Tally;
 use crate::spec::desc::{rx_error, rx_qword1, rx_status, RX_DESC32_SIZE};
 
@@ -45,9 +46,7 @@ impl RxSink for Discard<'_> {
 #[derive(Debug, Clone)]
 pub struct RxEngine {
     ring: u64,
-    len: u32,
-    head: u32,
-    tail: u32,
+    pos: RingPos,
     buf_size: u32,
     max_frame: u32,
 }
@@ -58,9 +57,7 @@ impl RxEngine {
     pub fn new(ring: u64, len: u32, buf_size: u32, max_frame: u32) -> Self {
         RxEngine {
             ring,
-            len,
-            head: 0,
-            tail: 0,
+            pos: RingPos::new(len),
             buf_size,
             max_frame,
         }
@@ -68,39 +65,28 @@ impl RxEngine {
 
     /// The next descriptor the engine will fill.
     pub fn head(&self) -> u32 {
-        self.head
+        self.pos.head
     }
 
     /// Descriptors posted and not yet used.
     pub fn available(&self) -> u32 {
-        if self.len == 0 {
-            return 0;
-        }
-        (self.tail + self.len - self.head) % self.len
+        self.pos.between()
     }
 
     /// Moves the head (a data path taking over a running queue); refused (false) beyond the
     /// ring.
     pub fn set_head(&mut self, head: u32) -> bool {
-        if head >= self.len {
-            return false;
-        }
-        self.head = head;
-        true
+        self.pos.set_head(head)
     }
 
     /// A new `QRX_TAIL`; refused (false, nothing changes) if it is beyond the ring.
     pub fn set_tail(&mut self, tail: u32) -> bool {
-        if tail >= self.len {
-            return false;
-        }
-        self.tail = tail;
-        true
+        self.pos.set_tail(tail)
     }
 
     /// Starts a burst: the ring window is looked up once here.
     pub fn burst<'a>(&'a mut self, dma: &'a DmaTable, tally: &'a mut Tally) -> RxBurst<'a> {
-        let bytes = u64::from(self.len) * RX_DESC32_SIZE as u64;
+        let bytes = u64::from(self.pos.len) * RX_DESC32_SIZE as u64;
         let ring = dma.window(Iova(self.ring), bytes, DmaProt::RW).ok();
         RxBurst {
             eng: self,
@@ -136,12 +122,12 @@ impl RxBurst<'_> {
     /// The buffer address (as stored, little-endian) in descriptor `idx`, from the preloaded
     /// ones when it is among them; otherwise loads the next run of posted descriptors.
     fn addr_at(&mut self, ring: &DmaWindow, idx: u32) -> Option<u64> {
-        let len = self.eng.len;
+        let len = self.eng.pos.len;
         let rel = (idx + len - self.pre_start) % len;
         if rel < self.pre_len {
             return Some(self.pre[rel as usize]);
         }
-        let avail = ((self.eng.tail + len - idx) % len)
+        let avail = ((self.eng.pos.tail + len - idx) % len)
             .min(PRELOAD as u32)
             .max(1);
         self.pre_start = idx;
@@ -224,8 +210,8 @@ impl RxBurst<'_> {
         }
         // Data first, into every buffer of the chain.
         let mut ok = true;
-        let mut idx = e.head;
-        let len = e.len;
+        let mut idx = e.pos.head;
+        let len = e.pos.len;
         for chunk in frame.chunks(bs) {
             match self.addr_at(ring, idx) {
                 Some(addr) => {
@@ -240,7 +226,7 @@ impl RxBurst<'_> {
         }
         let e = &mut *self.eng;
         // Then the write-backs, qword1 last in each.
-        let mut idx = e.head;
+        let mut idx = e.pos.head;
         let last = needed - 1;
         for (i, chunk) in frame.chunks(bs).enumerate() {
             let off = u64::from(idx) * RX_DESC32_SIZE as u64;
@@ -259,9 +245,9 @@ impl RxBurst<'_> {
             if stored.is_err() {
                 ok = false;
             }
-            idx = (idx + 1) % e.len;
+            idx = (idx + 1) % e.pos.len;
         }
-        e.head = idx;
+        e.pos.head = idx;
         self.written += 1;
         if ok {
             self.tally.count(frame);

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use emudev_dma::{DmaProt, DmaTable, Iova};
 
 use super::mem::BufCache;
+use super::ring::RingPos;
 use super::Tally;
 use crate::spec::desc::{dtype, tx_cmd, TxDesc, TX_DESC_SIZE};
 
@@ -20,9 +21,7 @@ pub const MAX_TX_FRAME: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct TxEngine {
     ring: u64,
-    len: u32,
-    head: u32,
-    tail: u32,
+    pos: RingPos,
     /// The packet being gathered: `frame[..frame_len]` ([`MAX_TX_FRAME`] bytes, allocated and
     /// zeroed once, so gathering never clears memory it is about to overwrite).
     frame: Box<[u8]>,
@@ -36,9 +35,7 @@ impl TxEngine {
     pub fn new(ring: u64, len: u32) -> Self {
         TxEngine {
             ring,
-            len,
-            head: 0,
-            tail: 0,
+            pos: RingPos::new(len),
             frame: vec![0u8; MAX_TX_FRAME].into_boxed_slice(),
             frame_len: 0,
             bad: false,
@@ -47,39 +44,28 @@ impl TxEngine {
 
     /// The next descriptor the engine will read.
     pub fn head(&self) -> u32 {
-        self.head
+        self.pos.head
     }
 
     /// `QTX_TAIL` as last accepted.
     pub fn tail(&self) -> u32 {
-        self.tail
+        self.pos.tail
     }
 
     /// Descriptors waiting between head and tail.
     pub fn pending(&self) -> u32 {
-        if self.len == 0 {
-            return 0;
-        }
-        (self.tail + self.len - self.head) % self.len
+        self.pos.between()
     }
 
     /// Moves the head (a data path taking over a running queue); refused (false) beyond the
     /// ring.
     pub fn set_head(&mut self, head: u32) -> bool {
-        if head >= self.len {
-            return false;
-        }
-        self.head = head;
-        true
+        self.pos.set_head(head)
     }
 
     /// A new `QTX_TAIL`; refused (false, nothing changes) if it is beyond the ring.
     pub fn set_tail(&mut self, tail: u32) -> bool {
-        if tail >= self.len {
-            return false;
-        }
-        self.tail = tail;
-        true
+        self.pos.set_tail(tail)
     }
 
     /// Processes descriptors until the tail, `budget` packets, or one pass over the ring.
@@ -93,10 +79,10 @@ impl TxEngine {
         tally: &mut Tally,
         sink: &mut dyn FnMut(&[u8]),
     ) -> usize {
-        if self.head == self.tail || self.len == 0 {
+        if self.pos.head == self.pos.tail || self.pos.len == 0 {
             return 0;
         }
-        let bytes = u64::from(self.len) * TX_DESC_SIZE as u64;
+        let bytes = u64::from(self.pos.len) * TX_DESC_SIZE as u64;
         let Ok(ring) = dma.window(Iova(self.ring), bytes, DmaProt::RW) else {
             tally.errors += 1;
             log::debug!("iavf tx: ring at {:#x} is not accessible", self.ring);
@@ -109,7 +95,7 @@ impl TxEngine {
         let mut pre = [(0u64, 0u64); PRELOAD];
         let ahead = (self.pending() as usize).min(PRELOAD);
         for (k, slot) in pre.iter_mut().take(ahead).enumerate() {
-            let off = u64::from((self.head + k as u32) % self.len) * TX_DESC_SIZE as u64;
+            let off = u64::from((self.pos.head + k as u32) % self.pos.len) * TX_DESC_SIZE as u64;
             match (
                 ring.load_u64(off, Ordering::Acquire),
                 ring.load_u64(off + 8, Ordering::Acquire),
@@ -123,8 +109,8 @@ impl TxEngine {
         }
         let mut packets = 0;
         let mut descs = 0;
-        while self.head != self.tail && packets < budget && descs < self.len {
-            let off = u64::from(self.head) * TX_DESC_SIZE as u64;
+        while self.pos.head != self.pos.tail && packets < budget && descs < self.pos.len {
+            let off = u64::from(self.pos.head) * TX_DESC_SIZE as u64;
             let loaded = match pre.get(descs as usize).filter(|_| (descs as usize) < ahead) {
                 Some(&(q0, q1)) => Ok((q0, q1)),
                 None => ring
@@ -165,11 +151,11 @@ impl TxEngine {
                 // Offloads are not applied yet: the frame goes out as the driver built it.
                 dtype::CONTEXT => {}
                 other => {
-                    log::debug!("iavf tx: descriptor type {other:#x} at {}", self.head);
+                    log::debug!("iavf tx: descriptor type {other:#x} at {}", self.pos.head);
                     self.bad = true;
                 }
             }
-            self.head = (self.head + 1) % self.len;
+            self.pos.head = (self.pos.head + 1) % self.pos.len;
             descs += 1;
         }
         packets
