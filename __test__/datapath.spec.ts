@@ -349,3 +349,26 @@ test('emudev serve -i runs a piped shell session with traffic between two paired
   t.regex(stdout, /NIC statistics for port 0/)
   t.deepEqual(readPcap(cap), frames)
 })
+
+test('emudev client --fwd against a device without a data path says why nothing came back', async (t) => {
+  const sock = tempSocket(t, 'vf.sock')
+  const server = NativeServer.listenIavf(sock, { name: 'emu_iavf0' })
+  t.teardown(() => server.close())
+  const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const c = spawn(process.execPath, [cli, 'client', '--vdev', `iavf_client,path=${sock}`, '--fwd', 'io', '--duration', '0.3'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
+    const timer = setTimeout(() => c.kill('SIGKILL'), 30_000)
+    c.on('close', (code) => {
+      clearTimeout(timer)
+      resolve({ code, stdout, stderr })
+    })
+  })
+  t.is(out.code, 0, out.stderr)
+  t.regex(out.stdout, /forwarded for [0-9.]+ s: rx 0 packets/)
+  t.regex(out.stderr, /nothing came back: the device moves no packets without a data path/)
+})

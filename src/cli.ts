@@ -552,6 +552,12 @@ async function runForwarding(
       rxMpps: r.seconds > 0 ? r.rxPackets / r.seconds / 1e6 : 0,
       rxGbps: r.seconds > 0 ? (r.rxBytes * 8) / r.seconds / 1e9 : 0,
     }
+    if (r.rxPackets === 0 && r.txPackets > 0) {
+      io.stderr(
+        `${name}: nothing came back: the device moves no packets without a data path ` +
+          `(serve it with backend=..., or 'port attach net_iavfbe,emu=<dev>' in 'emudev serve -i')\n`,
+      )
+    }
     if (!json) {
       io.stdout(
         `${name}: forwarded for ${r.seconds.toFixed(2)} s: rx ${r.rxPackets} packets (${summary.rxMpps.toFixed(3)} Mpps, ` +
