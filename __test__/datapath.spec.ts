@@ -7,7 +7,7 @@ import { join, dirname } from 'node:path'
 
 import test from 'ava'
 
-import { IavfPort, NativeServer } from '../src/index'
+import { BackendChannel, IavfPort, NativeServer } from '../src/index'
 import { cli, ensureDistBuilt, killOnTeardown, tempSocket, waitFor, waitForExit } from './helpers'
 
 test.before(ensureDistBuilt)
@@ -371,4 +371,34 @@ test('emudev client --fwd against a device without a data path says why nothing 
   t.is(out.code, 0, out.stderr)
   t.regex(out.stdout, /forwarded for [0-9.]+ s: rx 0 packets/)
   t.regex(out.stderr, /nothing came back: the device moves no packets without a data path/)
+})
+
+test('BackendChannel: a TypeScript back-end answers the client through the channel', async (t) => {
+  const sock = tempSocket(t, 'vf.sock')
+  const server = NativeServer.listenIavf(sock, { name: 'emu_iavf0', backend: 'channel' })
+  t.teardown(() => server.close())
+  const port = await upPort(t, sock)
+  const channel = new BackendChannel(server)
+  const ac = new AbortController()
+  // The back-end: every frame comes back with its bytes reversed after the first 12.
+  const served = (async () => {
+    let n = 0
+    for await (const f of channel.frames({ signal: ac.signal })) {
+      const reply = Buffer.concat([f.subarray(0, 12), Buffer.from(f.subarray(12)).reverse()])
+      t.is(channel.send([reply]), 1)
+      if (++n === 3) ac.abort()
+    }
+    return n
+  })()
+  const frames = [frame(64, 1), frame(100, 2), frame(1500, 3)]
+  t.is(await port.send(frames), 3)
+  const back = await receiveN(port, 3)
+  t.is(await served, 3)
+  t.deepEqual(
+    back,
+    frames.map((f) => Buffer.concat([f.subarray(0, 12), Buffer.from(f.subarray(12)).reverse()])),
+  )
+  const plain = NativeServer.listenIavf(join(dirname(sock), 'plain.sock'), { name: 'emu_iavf9', backend: 'loopback' })
+  t.teardown(() => plain.close())
+  t.throws(() => new BackendChannel(plain).receive(), { code: 'ERR_EMUDEV_NOT_READY' })
 })

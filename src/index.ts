@@ -91,6 +91,8 @@ export type {
   ReceiveOptions,
   PacketsOptions,
 } from './iavf'
+export { BackendChannel } from './backend'
+export type { ChannelFramesOptions } from './backend'
 export { Responder, internetChecksum } from './responder'
 export type { ResponderOptions, ResponderStats, ResponderPort, IgnoreReason, Verdict } from './responder'
 export { runShell, Shell } from './shell'
