@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod seeds;
+pub mod trace;
 pub mod virtchnl;
 
 use emudev_vfio_user::wire::{
