@@ -330,7 +330,7 @@ interface PingRig {
  * (`iavfStats()`, unprefixed), its data path (`dp*`), the peer's (`peer*`),
  * the responder's (`resp*`) and the client's (`client*`, after close).
  */
-function iavfPingRig(id: string, queues: number): PingRig {
+function iavfPingRig(id: string, queues: number, doorbellPages: boolean): PingRig {
   const last: Record<string, number> = {}
   const device: DeviceUnderTest = {
     id,
@@ -346,6 +346,7 @@ function iavfPingRig(id: string, queues: number): PingRig {
         queues,
         mac: IAVF_MAC,
         mtu: 1500,
+        doorbellPages,
         backend: 'pair:emu_iavf1',
       }
       const peerOptions: IavfServerOptions = {
@@ -475,17 +476,18 @@ function sameAs(a: string, b: string): HostCheck {
  * the guest sends nothing but ARP and the pings (IPv6 is off), and each of
  * its frames gets exactly one answer.
  */
-function iavfPingScenario(queues = 1): Scenario {
+function iavfPingScenario(queues = 1, doorbellPages = false): Scenario {
   const id = 'iavf0'
-  const rig = iavfPingRig(id, queues)
+  const rig = iavfPingRig(id, queues, doorbellPages)
   const stat = (name: string) => (c: Counters) => c.device[name] ?? Number.NaN
   const zero = (name: string) => exactly(name, 0, stat(name))
   return {
-    name: queues === 1 ? 'iavf-ping' : `iavf-ping${queues}`,
+    name: `iavf-ping${queues === 1 ? '' : queues}${doorbellPages ? '-db' : ''}`,
     script: 'iavf-ping',
     cpus: queues,
     description:
-      `Linux iavf on emu_iavf0 (${queues} queue pair${queues === 1 ? '' : 's'}, back-end pair:emu_iavf1, mac=${IAVF_MAC}):` +
+      `Linux iavf on emu_iavf0 (${queues} queue pair${queues === 1 ? '' : 's'}, back-end pair:emu_iavf1, mac=${IAVF_MAC}` +
+      `${doorbellPages ? ', tails on doorbell pages QEMU maps into the guest' : ''}):` +
       ` ping -c ${PING_COUNT} ${PING_PEER_IP}` +
       ` answered by the TypeScript responder (src/responder.ts) on emu_iavf1 through IavfPort; counters agree`,
     modules: ['iavf'],
@@ -737,6 +739,9 @@ const SCENARIOS: readonly Scenario[] = [
   // The same with 4 queue pairs and 4 guest CPUs: Linux spreads its TX over the queues (the
   // peer has one; the pair folds them onto it).
   iavfPingScenario(4),
+  // The same with the tails on doorbell pages: the guest driver's tail stores land in the
+  // device's memory (no message) and the data path's worker polls them.
+  iavfPingScenario(1, true),
 ]
 
 // ---------------------------------------------------------------------------
