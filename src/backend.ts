@@ -14,6 +14,7 @@
  * ```
  */
 import type { native } from './native'
+import { pollFrames } from './poll'
 
 /** The native server class (`NativeServer.listenIavf`). */
 type NativeServer = InstanceType<typeof native.NativeServer>
@@ -58,23 +59,12 @@ export class BackendChannel {
    * server closes. While nothing comes it looks again after 1 ms, doubling
    * up to 16 ms.
    */
-  async *frames(options: ChannelFramesOptions = {}): AsyncGenerator<Buffer, void, undefined> {
-    let idleMs = 0
-    while (options.signal?.aborted !== true && !this.#server.closed) {
-      let got: Buffer[]
-      try {
-        got = this.receive(64, options.queue)
-      } catch (err) {
-        if (this.#server.closed) return
-        throw err
-      }
-      for (const f of got) yield f
-      if (got.length > 0) {
-        idleMs = 0
-        continue
-      }
-      idleMs = Math.min(16, Math.max(1, idleMs * 2))
-      await new Promise((resolve) => setTimeout(resolve, idleMs))
-    }
+  frames(options: ChannelFramesOptions = {}): AsyncGenerator<Buffer, void, undefined> {
+    return pollFrames(
+      () => this.receive(64, options.queue),
+      () => options.signal?.aborted === true || this.#server.closed,
+      () => this.#server.closed,
+    )
   }
+
 }

@@ -24,6 +24,7 @@
  */
 import { native } from './native'
 import { TypedEmitter } from './emitter'
+import { pollFrames } from './poll'
 import type {
   IavfForwardOptions,
   IavfForwardStats,
@@ -250,25 +251,13 @@ export class IavfPort extends TypedEmitter<IavfPortEvents> {
    * `send()` and the other requests are never held up behind it) and, while
    * nothing comes, sleeps between looks from 1 ms doubling up to 16 ms.
    */
-  async *packets(options: PacketsOptions = {}): AsyncGenerator<Buffer, void, undefined> {
+  packets(options: PacketsOptions = {}): AsyncGenerator<Buffer, void, undefined> {
     const queue = options.queue ?? 0
-    let idleMs = 0
-    while (!this.#closed && options.signal?.aborted !== true) {
-      let got: Buffer[]
-      try {
-        got = await this.receive({ queue, max: 64 })
-      } catch (err) {
-        if (this.#closed) return
-        throw err
-      }
-      for (const f of got) yield f
-      if (got.length > 0) {
-        idleMs = 0
-        continue
-      }
-      idleMs = Math.min(16, Math.max(1, idleMs * 2))
-      await new Promise((resolve) => setTimeout(resolve, idleMs))
-    }
+    return pollFrames(
+      () => this.receive({ queue, max: 64 }),
+      () => this.#closed || options.signal?.aborted === true,
+      () => this.#closed,
+    )
   }
 
   /** The frames of queue 0 (see {@link IavfPort.packets}). */

@@ -74,12 +74,23 @@ pub(crate) fn release(name: &str) {
 /// Detaches the data path (if any) of a server that is closing.
 pub(crate) fn detach_on_close(iavf: &IavfHandle, name: &str, slot: &Mutex<Option<Attached>>) {
     if let Some(a) = lock(slot).take() {
-        let _ = a.stats.capture_stop();
-        let _ = iavf.emu().detach_provider();
-        if matches!(a.control, BackendControl::Pair(_)) {
-            pairs().release(name);
-        }
+        let _ = detach(iavf, name, a);
     }
+}
+
+/// Takes `a` off the device: its capture stopped, the provider detached, its pair cable (if
+/// any) released whatever the detach said.
+fn detach(iavf: &IavfHandle, name: &str, a: Attached) -> Result<(), String> {
+    let _ = a.stats.capture_stop();
+    let detached = iavf
+        .emu()
+        .detach_provider()
+        .map(drop)
+        .map_err(|e| e.to_string());
+    if matches!(a.control, BackendControl::Pair(_)) {
+        pairs().release(name);
+    }
+    detached
 }
 
 /// One queue pair's data-path counters.
@@ -184,14 +195,7 @@ impl NativeServer {
     pub fn detach_backend(&self) -> napi::Result<(), ErrorCode> {
         self.with_datapath("detachBackend", |iavf, name, slot| {
             let a = slot.take().ok_or_else(|| not_attached(name))?;
-            let _ = a.stats.capture_stop();
-            iavf.emu()
-                .detach_provider()
-                .map_err(|e| invalid_arg(format!("{name}: {e}")))?;
-            if matches!(a.control, BackendControl::Pair(_)) {
-                pairs().release(name);
-            }
-            Ok(())
+            detach(iavf, name, a).map_err(|e| invalid_arg(format!("{name}: {e}")))
         })
     }
 
@@ -209,12 +213,13 @@ impl NativeServer {
     pub fn datapath_stats(&self) -> napi::Result<JsDatapathStats, ErrorCode> {
         self.with_datapath("datapathStats", |_, name, slot| {
             let a = slot.as_ref().ok_or_else(|| not_attached(name))?;
-            let mut queues = Vec::new();
-            let mut q = 0u16;
-            while let Some(s) = a.stats.queue(q) {
-                queues.push(JsQueueStats::since(&s, a.baseline.get(usize::from(q))));
-                q += 1;
-            }
+            let queues = a
+                .stats
+                .queues()
+                .iter()
+                .enumerate()
+                .map(|(q, s)| JsQueueStats::since(s, a.baseline.get(q)))
+                .collect();
             Ok(JsDatapathStats {
                 backend: a.spec.clone(),
                 queues,
@@ -229,13 +234,7 @@ impl NativeServer {
     pub fn clear_datapath_stats(&self) -> napi::Result<(), ErrorCode> {
         self.with_datapath("clearDatapathStats", |_, name, slot| {
             let a = slot.as_mut().ok_or_else(|| not_attached(name))?;
-            let mut base = Vec::new();
-            let mut q = 0u16;
-            while let Some(s) = a.stats.queue(q) {
-                base.push(s);
-                q += 1;
-            }
-            a.baseline = base;
+            a.baseline = a.stats.queues();
             Ok(())
         })
     }

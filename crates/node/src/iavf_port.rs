@@ -657,7 +657,7 @@ impl NativeIavfPort {
             .map_err(|e| errno_error_with_message(e.raw_os_error(), format!("eventfd: {e}")))?;
         let driver = match trace {
             Some(t) => {
-                let tracer = crate::trace::FileTracer::open(&t, "iavf_client")?;
+                let tracer = crate::trace::append(&t, "iavf_client")?;
                 let config = ClientConfig {
                     trace: Some(Arc::new(TraceSwitch::with_tracer(tracer))),
                     ..ClientConfig::default()

@@ -556,7 +556,7 @@ impl NativeServer {
     #[napi]
     pub fn trace_start(&self, path: String, label: Option<String>) -> napi::Result<(), ErrorCode> {
         let label = label.unwrap_or_else(|| self.device.to_owned());
-        let tracer = crate::trace::FileTracer::open(&path, &label)?;
+        let tracer = crate::trace::append(&path, &label)?;
         self.with_running(|r| {
             r.handle.set_tracer(Some(tracer));
         })

@@ -718,6 +718,8 @@ pub struct JsonLinesTracer {
     out: Mutex<Box<dyn Write + Send>>,
     flush_each_line: bool,
     label: String,
+    /// Fields added to every line ([`JsonLinesTracer::with_field`]).
+    fields: Vec<(String, String)>,
     failed: AtomicBool,
     written: AtomicU64,
     dropped: AtomicU64,
@@ -746,6 +748,31 @@ impl JsonLinesTracer {
         Self::open(path.as_ref(), false)
     }
 
+    /// Opens `path` for appending (creating it), flushing after every line. Each line goes out
+    /// in one write on a file opened `O_APPEND`, so several tracers of one process (a server
+    /// per device, a client) can share a file without splitting each other's lines.
+    pub fn append(path: impl AsRef<Path>) -> Result<JsonLinesTracer, TraceCreateError> {
+        let path = path.as_ref();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| TraceCreateError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut t = Self::from_writer(file, true);
+        t.label = path.display().to_string();
+        Ok(t)
+    }
+
+    /// Adds `"key": value` to every line (`"device": "emu_iavf0"`, to tell the writers of a
+    /// shared file apart).
+    pub fn with_field(mut self, key: &str, value: &str) -> JsonLinesTracer {
+        self.fields.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     fn open(path: &Path, flush_each_line: bool) -> Result<JsonLinesTracer, TraceCreateError> {
         let file = File::create(path).map_err(|source| TraceCreateError::Open {
             path: path.to_path_buf(),
@@ -765,6 +792,7 @@ impl JsonLinesTracer {
             out: Mutex::new(Box::new(BufWriter::new(writer))),
             flush_each_line,
             label: String::from("writer"),
+            fields: Vec::new(),
             failed: AtomicBool::new(false),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -795,7 +823,13 @@ impl JsonLinesTracer {
 
 impl Tracer for JsonLinesTracer {
     fn record(&self, rec: &TraceRecord) {
-        let mut line = rec.to_json().to_string();
+        let mut v = rec.to_json();
+        if let Some(o) = v.as_object_mut() {
+            for (k, val) in &self.fields {
+                o.insert(k.clone(), Value::String(val.clone()));
+            }
+        }
+        let mut line = v.to_string();
         line.push('\n');
         let mut out = lock(&self.out);
         if self.failed.load(Ordering::Relaxed) {
@@ -1914,6 +1948,45 @@ mod tests {
         let v: Value = serde_json::from_str(lines[1]).expect("json");
         assert_eq!(v["errno"], Errno::NOTSUP.raw_os_error());
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn appending_tracers_share_a_file_with_labelled_whole_lines() {
+        let path =
+            std::env::temp_dir().join(format!("vfu-trace-append-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "{\"kept\":true}\n").expect("an earlier line");
+        let a = JsonLinesTracer::append(&path)
+            .expect("a")
+            .with_field("device", "emu_iavf0");
+        let b = JsonLinesTracer::append(&path)
+            .expect("b")
+            .with_field("device", "iavf_client");
+        a.record(&rec(&cmd_msg(7, Command::DeviceReset, |_| {}), 0));
+        b.record(&rec(&cmd_msg(8, Command::DeviceReset, |_| {}), 0));
+        a.record(&rec(&cmd_msg(9, Command::DeviceReset, |_| {}), 0));
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 4, "appended, not truncated: {text}");
+        assert_eq!(lines[0]["kept"], true);
+        let ids: Vec<(u64, &str)> = lines[1..]
+            .iter()
+            .map(|v| {
+                (
+                    v["id"].as_u64().expect("id"),
+                    v["device"].as_str().expect("device"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            vec![(7, "emu_iavf0"), (8, "iavf_client"), (9, "emu_iavf0")]
+        );
+        assert!(JsonLinesTracer::append("/nonexistent-dir-vfu/x.jsonl").is_err());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -459,6 +459,11 @@ impl DatapathStats {
         self.queues.get(usize::from(q)).map(|c| c.snapshot())
     }
 
+    /// Every queue pair's counters now, in queue order.
+    pub fn queues(&self) -> Vec<QueueStats> {
+        self.queues.iter().map(|c| c.snapshot()).collect()
+    }
+
     /// The sum over every queue pair.
     pub fn total(&self) -> QueueStats {
         self.queues.iter().fold(QueueStats::default(), |t, c| {

@@ -28,7 +28,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::queues::NO_BUF;
+use emudev_dma::SharedMemory;
+
+use super::queues::{Area, NO_BUF};
 use super::{pci, DriverError, IavfDriver, QueuePair};
 use crate::spec::desc::{
     dtype, rx_status, tx_cmd, RxDescRead, RxDescWb, TxDesc, RXD_QW1_LENGTH_PBUF_MASK,
@@ -44,6 +46,16 @@ impl IavfDriver {
     /// anything was mapped (false: the device traps its tails, writes stay messages).
     pub fn map_doorbells(&mut self) -> Result<bool, DriverError> {
         Ok(self.client.map_region(pci::BAR0_REGION)? > 0)
+    }
+
+    /// Pair `i`'s RX ring was consumed up to `next` and re-posted: `QRX_TAIL` goes to the
+    /// descriptor before `next` (one slot always stays empty).
+    fn advance_rx(&mut self, i: usize, next: u32) -> Result<(), DriverError> {
+        let p = &mut self.pairs[i];
+        let len = u32::from(p.ring_len());
+        p.ring.rx_next = next;
+        let (reg, tail) = (p.rx_tail_register(), (next + len - 1) % len);
+        self.write_tail(reg, tail)
     }
 
     /// Writes a tail register after a release fence (descriptors first, then the tail).
@@ -121,10 +133,11 @@ impl IavfDriver {
                     0
                 };
                 // piece.len() <= 0x3FFF.
-                let d = TxDesc::data(biova, piece.len() as u16, cmd, 0, 0);
-                mem.write_at(
-                    ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
-                    &d.encode(),
+                put_tx(
+                    mem,
+                    ring,
+                    idx,
+                    &TxDesc::data(biova, piece.len() as u16, cmd, 0, 0),
                 )?;
                 if left == 0 {
                     p.ring.tx_rs.push_back(idx);
@@ -169,10 +182,7 @@ impl IavfDriver {
                 );
                 p.ring.tx_rs.push_back(idx);
             }
-            mem.write_at(
-                ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
-                &d.encode(),
-            )?;
+            put_tx(mem, ring, idx, &d)?;
             idx = (idx + 1) % len;
         }
         p.ring.tx_next = idx;
@@ -280,10 +290,7 @@ impl IavfDriver {
             }
         }
         if consumed > 0 {
-            p.ring.rx_next = idx;
-            let tail = (idx + len - 1) % len;
-            let reg = p.rx_tail_register();
-            self.write_tail(reg, tail)?;
+            self.advance_rx(i, idx)?;
         }
         Ok(got)
     }
@@ -392,10 +399,7 @@ impl IavfDriver {
             }
         }
         if consumed > 0 {
-            p.ring.rx_next = idx;
-            let tail = (idx + len - 1) % len;
-            let reg = p.rx_tail_register();
-            self.write_tail(reg, tail)?;
+            self.advance_rx(i, idx)?;
         }
         Ok(got)
     }
@@ -417,7 +421,9 @@ impl IavfDriver {
         let mem = p.memory.memory();
         let ring = p.tx_ring();
         let mut used = 0;
-        let mut last: Option<(u32, TxDesc)> = None;
+        // The last EOP descriptor written so far is held back: if it ends the call it gets RS
+        // (written once, with it), else it goes out as it is when the next one is written.
+        let mut held: Option<(u32, TxDesc)> = None;
         while used < segs.len() {
             let n = segs[used..]
                 .iter()
@@ -441,14 +447,15 @@ impl IavfDriver {
                 let size = s.len.min(TX_MAX_BUF as u16);
                 let cmd = if k + 1 == n { tx_cmd::EOP } else { 0 };
                 let d = TxDesc::data(biova, size, cmd, 0, 0);
-                mem.write_at(
-                    ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
-                    &d.encode(),
-                )?;
-                p.ring.tx_buf[idx as usize] = s.buf;
-                if k + 1 == n {
-                    last = Some((idx, d));
+                if let Some((at, h)) = held.take() {
+                    put_tx(mem, ring, at, &h)?;
                 }
+                if k + 1 == n {
+                    held = Some((idx, d));
+                } else {
+                    put_tx(mem, ring, idx, &d)?;
+                }
+                p.ring.tx_buf[idx as usize] = s.buf;
                 idx = (idx + 1) % len;
             }
             p.ring.tx_next = idx;
@@ -456,12 +463,9 @@ impl IavfDriver {
         }
         // One RS per call, on the last packet's EOP (DPDK's tx_rs_thresh idea): the device
         // writes one DESC_DONE per burst, and reclaiming it frees the whole burst.
-        if let Some((idx, d)) = last {
+        if let Some((idx, d)) = held {
             let rs = TxDesc::data(d.buffer_addr, d.buf_size(), d.cmd() | tx_cmd::RS, 0, 0);
-            mem.write_at(
-                ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
-                &rs.encode(),
-            )?;
+            put_tx(mem, ring, idx, &rs)?;
             p.ring.tx_rs.push_back(idx);
         }
         if used > 0 {
@@ -524,6 +528,15 @@ impl IavfDriver {
         p.memory.memory().read_at(off + u64::from(offset), out)?;
         Ok(())
     }
+}
+
+/// Writes TX descriptor `idx` of `ring`.
+fn put_tx(mem: &SharedMemory, ring: Area, idx: u32, d: &TxDesc) -> Result<(), DriverError> {
+    mem.write_at(
+        ring.offset + u64::from(idx) * TX_DESC_SIZE as u64,
+        &d.encode(),
+    )?;
+    Ok(())
 }
 
 /// Where received packets go.
