@@ -175,6 +175,9 @@ fn a_million_packets_come_back_identical_on_one_and_on_four_queue_pairs() {
     for q in 0..4 {
         circulate(&mut vf, q, 128, 250_000);
     }
+    for q in 0..4 {
+        stats_at(&vf, q, 250_000);
+    }
     let t = vf.stats.total();
     assert!(t.rx_packets >= 1_000_000);
     assert_eq!((t.tx_errors, t.rx_errors, t.rx_drops), (0, 0, 0));
