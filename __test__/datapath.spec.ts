@@ -63,6 +63,8 @@ test('loopback: frames sent by the port come back byte-identical and the counter
   t.is(await port.send(frames), 4)
   const got = await receiveN(port, 4)
   t.deepEqual(got, frames)
+  // The worker adds a burst's counters just after writing its descriptors back.
+  await waitFor(() => server.datapathStats().queues[0]!.rxPackets >= 4, 5000)
   const dp = server.datapathStats()
   t.is(dp.backend, 'loopback')
   t.is(dp.queues.length, 1)
@@ -157,6 +159,7 @@ test('pair: two servers wired together carry frames both ways, identical', async
   const ba = [frame(1514, 1), frame(64, 2)]
   t.is(await pb.send(ba), 2)
   t.deepEqual(await receiveN(pa, 2), ba)
+  await waitFor(() => a.datapathStats().queues[0]!.rxPackets >= 2 && b.datapathStats().queues[0]!.rxPackets >= 100, 5000)
   const qa = a.datapathStats().queues[0]!
   const qb = b.datapathStats().queues[0]!
   t.is(qa.txPackets, 100)
