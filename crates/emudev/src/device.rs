@@ -374,7 +374,9 @@ fn check_doorbell(
     }
     let width = u64::from(db.width);
     match db.kind {
-        DoorbellKind::Mem if !region.is_mmapped(db.offset, width) => {
+        DoorbellKind::Mem | DoorbellKind::MemKick { .. }
+            if !region.is_mmapped(db.offset, width) =>
+        {
             return Err(DoorbellError::NotMmapped)
         }
         DoorbellKind::Trapped | DoorbellKind::EventFd { .. }
@@ -686,6 +688,13 @@ impl EmuDev {
                     flags: u32::from(datamatch.is_some()),
                     datamatch: datamatch.unwrap_or(0),
                 }),
+                DoorbellKind::MemKick { fd } => Some(IoEventFd {
+                    offset: d.offset,
+                    size: u64::from(d.width),
+                    fd: fd.clone(),
+                    flags: 0,
+                    datamatch: 0,
+                }),
                 _ => None,
             })
             .collect();
@@ -767,7 +776,7 @@ impl EmuDev {
             (db, core.queue_of(id))
         };
         let mem = match db.kind {
-            DoorbellKind::Mem => {
+            DoorbellKind::Mem | DoorbellKind::MemKick { .. } => {
                 let region = self
                     .region(db.region)
                     .ok_or(DoorbellError::UnknownRegion(db.region))?;
@@ -1651,6 +1660,46 @@ mod tests {
             ]
         );
         assert_eq!(dev.doorbells().len(), 4);
+    }
+
+    #[test]
+    fn a_mem_kick_doorbell_is_both_a_page_word_and_an_io_fd() {
+        let (dev, _ctx) = bound_dev();
+        let kick = Arc::new(
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"),
+        );
+        // Like Mem it must be on the mmapped page.
+        assert!(matches!(
+            dev.configure_doorbell(
+                DoorbellId(11),
+                Doorbell::mem_kick(2, 0x1004, kick.clone())
+            ),
+            Err(DoorbellError::NotMmapped)
+        ));
+        dev.configure_doorbell(DoorbellId(11), Doorbell::mem_kick(2, 0x8, kick.clone()))
+            .expect("mem+kick");
+        let info = dev.get_db_info(DoorbellId(11)).expect("info");
+        assert_eq!(info.kind.name(), "mem+kick");
+        assert!(info.kind.on_page());
+        assert!(Arc::ptr_eq(info.kind.eventfd().expect("fd"), &kick));
+        // The value comes from the page...
+        let mem = info.mem.expect("a page word");
+        mem.write(7).expect("store");
+        assert_eq!(mem.read().expect("load"), 7);
+        // ...and the fd goes out as a plain ioeventfd at the register, next to the EventFd one.
+        let mut fds = dev.region_io_fds(2).expect("io fds");
+        fds.sort_by_key(|f| f.offset);
+        let got: Vec<(u64, u64, u32, u64)> = fds
+            .iter()
+            .map(|f| (f.offset, f.size, f.flags, f.datamatch))
+            .collect();
+        assert_eq!(got, vec![(0x8, 4, 0, 0), (test_device::EV_OFFSET, 4, 0, 0)]);
+        assert!(Arc::ptr_eq(&fds[0].fd, &kick));
+        // The other kinds say what they are.
+        let t = dev.get_db_info(AQ_DOORBELL).expect("aq");
+        assert!(!t.kind.on_page() && t.kind.eventfd().is_none());
+        let m = dev.get_db_info(DQ_DOORBELL).expect("dq");
+        assert!(m.kind.on_page() && m.kind.eventfd().is_none());
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //! - [`DoorbellKind::EventFd`]: an ioeventfd handed to the client with
 //!   `GET_REGION_IO_FDS`; the client's hypervisor signals it on a write to the register (the
 //!   emudev `EMU_DEV_DB_FD` scheme), and the provider waits on the fd.
+//! - [`DoorbellKind::MemKick`]: both at once, for clients that run the driver in their own
+//!   process rather than under a hypervisor. The value lives on the mmapped page as with
+//!   `Mem`, and `GET_REGION_IO_FDS` also hands out an eventfd for the register (a plain
+//!   ioeventfd entry, no data match): after storing, the client signals it, so a provider that
+//!   went idle can sleep on the fd instead of polling. A plain ioeventfd carries no value and
+//!   the page carries no signal; together they carry both. A client that never signals (QEMU
+//!   maps the page into the guest and does not ask for io fds) still works: the provider
+//!   keeps polling the page, on a slower schedule when idle.
 //!
 //! Register values are little-endian, as on PCI.
 
@@ -48,6 +56,12 @@ pub enum DoorbellKind {
         /// Signal only when the written value equals this (KVM `DATAMATCH`).
         datamatch: Option<u64>,
     },
+    /// A word on an mmapped doorbell page plus an eventfd the client signals after storing
+    /// there (handed out by GET_REGION_IO_FDS as an ioeventfd without data match).
+    MemKick {
+        /// The eventfd (the device side reads it; a duplicate goes to the client).
+        fd: Arc<OwnedFd>,
+    },
 }
 
 impl DoorbellKind {
@@ -57,6 +71,20 @@ impl DoorbellKind {
             DoorbellKind::Trapped => "trapped",
             DoorbellKind::Mem => "mem",
             DoorbellKind::EventFd { .. } => "eventfd",
+            DoorbellKind::MemKick { .. } => "mem+kick",
+        }
+    }
+
+    /// Whether the value is a word on an mmapped page (`Mem` and `MemKick`).
+    pub fn on_page(&self) -> bool {
+        matches!(self, DoorbellKind::Mem | DoorbellKind::MemKick { .. })
+    }
+
+    /// The eventfd the device side waits on (`EventFd` and `MemKick`).
+    pub fn eventfd(&self) -> Option<&Arc<OwnedFd>> {
+        match self {
+            DoorbellKind::EventFd { fd, .. } | DoorbellKind::MemKick { fd } => Some(fd),
+            DoorbellKind::Trapped | DoorbellKind::Mem => None,
         }
     }
 }
@@ -108,6 +136,16 @@ impl Doorbell {
         }
     }
 
+    /// A 4-byte doorbell on an mmapped page whose writer also signals `fd`.
+    pub fn mem_kick(region: u32, offset: u64, fd: Arc<OwnedFd>) -> Self {
+        Doorbell {
+            region,
+            offset,
+            width: 4,
+            kind: DoorbellKind::MemKick { fd },
+        }
+    }
+
     /// Changes the register width.
     pub fn with_width(mut self, width: u8) -> Self {
         self.width = width;
@@ -120,7 +158,7 @@ impl Doorbell {
     }
 }
 
-/// The shared-memory word behind a [`DoorbellKind::Mem`] doorbell: the provider's polling
+/// The shared-memory word behind a [`DoorbellKind::Mem`] or [`DoorbellKind::MemKick`] doorbell: the provider's polling
 /// handle. The mapping is the same one [`crate::EmuDev::region_map`] returns, so every user of
 /// the page shares one mapping.
 #[derive(Clone, Debug)]
@@ -194,7 +232,7 @@ pub struct DoorbellInfo {
     pub kind: DoorbellKind,
     /// The configured queue rung through this doorbell, if any.
     pub queue: Option<QueueId>,
-    /// For a [`DoorbellKind::Mem`] doorbell: the word to poll.
+    /// For a [`DoorbellKind::Mem`] or [`DoorbellKind::MemKick`] doorbell: the word to poll.
     pub mem: Option<DoorbellMem>,
 }
 

@@ -182,3 +182,114 @@ fn a_million_packets_come_back_identical_on_one_and_on_four_queue_pairs() {
     assert!(t.rx_packets >= 1_000_000);
     assert_eq!((t.tx_errors, t.rx_errors, t.rx_drops), (0, 0, 0));
 }
+
+/// A VF with kick doorbells (tails on pages plus one eventfd per pair) and a polled loopback
+/// data path run by `poll`; the driver maps the pages.
+fn up_kicked(queue_pairs: u16, poll: PollConfig) -> Vf {
+    let device = IavfConfig::new(&format!("emu_iavf_kick{}", unique_number()))
+        .with_queues(queue_pairs)
+        .with_doorbell_kicks(true);
+    assert!(device.doorbell_pages, "kicks come with the pages");
+    let (vf, mapped) = serve(
+        "kick",
+        device,
+        move |h| datapath::attach_polled(h, Arc::new(Loopback), poll),
+        &DriverConfig::with_queue_pairs(queue_pairs),
+        true,
+    );
+    assert!(mapped);
+    vf
+}
+
+#[test]
+fn kick_doorbells_are_offered_as_one_shared_ioeventfd_per_pair() {
+    let mut vf = up_kicked(4, PollConfig::default());
+    let list = vf
+        .d()
+        .client_mut()
+        .get_region_io_fds(0)
+        .expect("GET_REGION_IO_FDS");
+    let mut entries: Vec<(u64, u64, u32, u32, u32)> = list
+        .iter()
+        .map(|(e, _)| (e.offset, e.size, e.kind, e.flags, e.fd_index))
+        .collect();
+    entries.sort();
+    // QTX_TAIL(q) = 4q and QRX_TAIL(q) = 0x2000 + 4q; plain ioeventfds, no data match; the
+    // pair's two tails share one fd, sent once.
+    let want: Vec<(u64, u64, u32, u32)> = (0..4u64)
+        .map(|q| (4 * q, 4, 0, 0))
+        .chain((0..4u64).map(|q| (0x2000 + 4 * q, 4, 0, 0)))
+        .collect();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|&(o, s, k, f, _)| (o, s, k, f))
+            .collect::<Vec<_>>(),
+        want
+    );
+    for q in 0..4 {
+        assert_eq!(entries[q].4, entries[q + 4].4, "pair {q} shares its fd");
+    }
+    let mut idx: Vec<u32> = entries.iter().map(|e| e.4).collect();
+    idx.sort();
+    idx.dedup();
+    assert_eq!(idx, vec![0, 1, 2, 3]);
+    assert_eq!(vf.d().enable_kicks().expect("kicks"), 8);
+
+    // A device without kick doorbells offers none: the driver keeps writing plain tails.
+    let (mut plain, _) = up(true, true, 1);
+    assert_eq!(plain.d().enable_kicks().expect("no kicks"), 0);
+    loop_frames(&mut plain, 0, &[frame(64, 1)]);
+    assert_eq!(plain.stats.worker().kicks, 0);
+}
+
+#[test]
+fn kicks_wake_a_worker_that_sleeps_until_kicked() {
+    // No spinning, and once the client has kicked an idle worker sleeps a minute: only the
+    // kicks can get these frames through within the two seconds rx_wait allows.
+    let poll = PollConfig {
+        spin_polls: 0,
+        yield_polls: 0,
+        max_sleep: Duration::from_secs(60),
+        kicked_sleep: Duration::from_secs(60),
+        ..PollConfig::default()
+    };
+    let mut vf = up_kicked(2, poll);
+    assert_eq!(vf.d().enable_kicks().expect("kicks"), 4);
+    // The first kick ends whatever sleep the idle worker is in and marks the client a kicker.
+    loop_frames(&mut vf, 0, &[frame(64, 1)]);
+    let first = vf.stats.worker();
+    assert!(first.kicks >= 1, "{first:?}");
+    for round in 0..10u8 {
+        // Idle long enough to be in the minute-long sleep.
+        std::thread::sleep(Duration::from_millis(20));
+        for q in 0..2 {
+            let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(64 + 300 * i, round ^ q as u8)).collect();
+            loop_frames(&mut vf, q, &frames);
+        }
+    }
+    let after = vf.stats.worker();
+    assert!(after.kicks >= first.kicks + 10, "{first:?} then {after:?}");
+    assert_eq!(stats_at(&vf, 0, 51).rx_packets, 51);
+    assert_eq!(stats_at(&vf, 1, 50).rx_packets, 50);
+    // Detach wakes the sleeper through its own eventfd and the worker is gone.
+    drop(vf.handle.emu().detach_provider().expect("detach"));
+    let sleeps = vf.stats.worker().sleeps;
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(vf.stats.worker().sleeps, sleeps, "no worker sleeps any more");
+}
+
+#[test]
+fn a_client_that_never_kicks_is_polled_as_before() {
+    // As QEMU does: the pages are mapped (into a guest) and the io fds never asked for.
+    let mut vf = up_kicked(1, PollConfig::default());
+    let frames: Vec<Vec<u8>> = (0..32).map(|i| frame(64, i)).collect();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(5));
+        loop_frames(&mut vf, 0, &frames);
+    }
+    assert_eq!(stats_at(&vf, 0, 320).rx_packets, 320);
+    let w = vf.stats.worker();
+    assert_eq!(w.kicks, 0);
+    assert!(w.sleeps > 0, "the idle worker slept between rounds");
+}

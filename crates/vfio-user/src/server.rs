@@ -833,18 +833,31 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 let Some(list) = dev.region_io_fds(r.index).filter(|l| !l.is_empty()) else {
                     return Outcome::Error(Errno::INVAL);
                 };
-                if list.len() > neg.client.max_msg_fds() as usize {
+                // An fd behind several entries (one eventfd for a queue pair's two doorbells,
+                // say) is sent once and the entries share its fd_index.
+                let mut fds: Vec<Arc<OwnedFd>> = Vec::new();
+                let index_of: Vec<u32> = list
+                    .iter()
+                    .map(|e| {
+                        let i = fds.iter().position(|f| Arc::ptr_eq(f, &e.fd)).unwrap_or_else(|| {
+                            fds.push(e.fd.clone());
+                            fds.len() - 1
+                        });
+                        i as u32
+                    })
+                    .collect();
+                if fds.len() > neg.client.max_msg_fds() as usize {
                     return Outcome::Error(Errno::INVAL);
                 }
                 let msg = RegionIoFdsMsg {
                     index: r.index,
                     entries: list
                         .iter()
-                        .enumerate()
-                        .map(|(i, e)| IoFdEntry {
+                        .zip(&index_of)
+                        .map(|(e, &fd_index)| IoFdEntry {
                             offset: e.offset,
                             size: e.size,
-                            fd_index: i as u32,
+                            fd_index,
                             kind: wire::IO_FD_TYPE_IOEVENTFD,
                             flags: e.flags,
                             datamatch: e.datamatch,
@@ -854,7 +867,7 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 };
                 let mut b = reply();
                 let with = msg.encode_reply(r.argsz, &mut b);
-                let fds = if with { list.iter().map(|e| e.fd.clone()).collect() } else { Vec::new() };
+                let fds = if with { fds } else { Vec::new() };
                 Outcome::Reply(b, fds, Vec::new())
             }
             Request::GetIrqInfo(q) => {

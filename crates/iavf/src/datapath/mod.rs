@@ -58,6 +58,7 @@ mod spsc;
 #[cfg(test)]
 mod testing;
 mod tx;
+mod wait;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,8 +92,10 @@ pub use self::pcap::{
 };
 pub use self::rx::{Discard, RxBurst, RxEngine, RxSink, RX_PTYPE_L2};
 pub use self::tx::{TxEngine, MAX_TX_FRAME};
+pub use self::wait::WorkerStats;
 
 use self::capture::{Capture, TapSink};
+use self::wait::{Waiter, Woken, WorkerCounters};
 use crate::device::{queue_ids, IavfHandle, VsiStats, WeakIavfHandle, MAX_FRAME_SIZE};
 
 /// Most packets per burst.
@@ -422,6 +425,7 @@ impl PairEngine {
 pub struct DatapathStats {
     queues: Arc<[Arc<QueueCounters>]>,
     capture: Arc<Capture>,
+    worker: Arc<WorkerCounters>,
 }
 
 /// What [`attach`] returns: the data path's counters and controls.
@@ -452,6 +456,12 @@ impl DatapathStats {
     /// Frames written by the running capture (`None`: no capture runs).
     pub fn capture_frames(&self) -> Option<u64> {
         self.capture.frames()
+    }
+
+    /// The polling worker's sleeps and the kicks that ended them (zero for an inline data
+    /// path, which has no worker).
+    pub fn worker(&self) -> WorkerStats {
+        self.worker.snapshot()
     }
 
     /// Queue pair `q`'s counters now.
@@ -498,8 +508,13 @@ pub struct PollConfig {
     /// Empty polls spent yielding the CPU after the spin, before sleeping.
     pub yield_polls: u32,
     /// The longest sleep between polls of an idle data path (the sleep doubles from 1 µs up to
-    /// this). Also bounds how long a stopped worker takes to notice.
+    /// this).
     pub max_sleep: Duration,
+    /// The longest sleep of an idle worker once the client has been seen to kick (the device
+    /// has mem+kick doorbells, [`crate::IavfConfig::doorbell_kicks`], and the back-end
+    /// originates nothing): a kick ends it at once. See the `wait` module for how a client
+    /// that stops kicking is noticed.
+    pub kicked_sleep: Duration,
     /// Called on the worker thread when it starts (to pin it to a CPU, say).
     pub on_start: Option<Arc<dyn Fn() + Send + Sync>>,
 }
@@ -510,6 +525,7 @@ impl Default for PollConfig {
             spin_polls: 20_000,
             yield_polls: 1_000,
             max_sleep: Duration::from_millis(1),
+            kicked_sleep: Duration::from_millis(100),
             on_start: None,
         }
     }
@@ -521,6 +537,7 @@ impl std::fmt::Debug for PollConfig {
             .field("spin_polls", &self.spin_polls)
             .field("yield_polls", &self.yield_polls)
             .field("max_sleep", &self.max_sleep)
+            .field("kicked_sleep", &self.kicked_sleep)
             .field("on_start", &self.on_start.is_some())
             .finish()
     }
@@ -586,6 +603,7 @@ fn attach_mode(
         .map(|_| Arc::new(QueueCounters::default()))
         .collect();
     let capture = Arc::new(Capture::default());
+    let worker = Arc::new(WorkerCounters::default());
     let mode = match poll {
         Some(cfg) => Mode::Polled(cfg),
         None if backend.originates() => Mode::Polled(PollConfig::default()),
@@ -600,35 +618,48 @@ fn attach_mode(
         dma: None,
         pairs: Arc::from(Vec::new()),
         worker: None,
+        worker_counters: worker.clone(),
     };
     handle.emu().attach_provider(Box::new(provider))?;
-    Ok(DatapathStats { queues, capture })
+    Ok(DatapathStats {
+        queues,
+        capture,
+        worker,
+    })
 }
 
-/// The polling worker's handle: its stop flag and thread.
+/// The polling worker's handle: its stop flag, what it sleeps on, and its thread.
 struct Worker {
     stop: Arc<AtomicBool>,
     running: Arc<AtomicBool>,
+    waiter: Arc<Waiter>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Worker {
-    fn spawn(pairs: Arc<[Mutex<PairEngine>]>, cfg: PollConfig) -> std::io::Result<Worker> {
+    fn spawn(
+        pairs: Arc<[Mutex<PairEngine>]>,
+        cfg: PollConfig,
+        waiter: Waiter,
+        originates: bool,
+    ) -> std::io::Result<Worker> {
         let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicBool::new(true));
-        let (s, r) = (stop.clone(), running.clone());
+        let waiter = Arc::new(waiter);
+        let (s, r, w) = (stop.clone(), running.clone(), waiter.clone());
         let thread = std::thread::Builder::new()
             .name("iavf-datapath".into())
             .spawn(move || {
                 if let Some(f) = cfg.on_start.as_ref() {
                     f();
                 }
-                poll_loop(&pairs, &cfg, &s);
+                poll_loop(&pairs, &cfg, &w, originates, &s);
                 r.store(false, Ordering::Release);
             })?;
         Ok(Worker {
             stop,
             running,
+            waiter,
             thread,
         })
     }
@@ -637,7 +668,7 @@ impl Worker {
     /// the caller holds; then it finishes on its own right after).
     fn stop(self) {
         self.stop.store(true, Ordering::Release);
-        self.thread.thread().unpark();
+        self.waiter.wake();
         let end = Instant::now() + Duration::from_millis(100);
         while self.running.load(Ordering::Acquire) && Instant::now() < end {
             std::thread::sleep(Duration::from_micros(50));
@@ -649,9 +680,19 @@ impl Worker {
 }
 
 /// The worker: polls every pair; after a run of empty polls spins, then yields, then sleeps
-/// with a doubling interval. Counters and interrupts are published with the pair released.
-fn poll_loop(pairs: &[Mutex<PairEngine>], cfg: &PollConfig, stop: &AtomicBool) {
+/// on its eventfds with a doubling timeout (up to `kicked_sleep` while the client kicks).
+/// Counters and interrupts are published with the pair released.
+fn poll_loop(
+    pairs: &[Mutex<PairEngine>],
+    cfg: &PollConfig,
+    waiter: &Waiter,
+    originates: bool,
+    stop: &AtomicBool,
+) {
     let mut idle: u32 = 0;
+    // The client has kicked and nothing moved without a kick since.
+    let mut kicker = false;
+    let mut timed_out = false;
     while !stop.load(Ordering::Acquire) {
         let mut work = 0;
         for slot in pairs {
@@ -668,12 +709,27 @@ fn poll_loop(pairs: &[Mutex<PairEngine>], cfg: &PollConfig, stop: &AtomicBool) {
             out.publish(&counters, &device);
         }
         if work > 0 {
+            // Tails moved while the worker slept through its timeout: not kicked.
+            kicker &= !timed_out;
+            timed_out = false;
             idle = 0;
             continue;
         }
+        timed_out = false;
         idle = idle.saturating_add(1);
         match cfg.sleep_for(idle) {
-            Some(d) => std::thread::park_timeout(d),
+            Some(d) => {
+                let d = if kicker && !originates {
+                    cfg.kicked_sleep.max(d)
+                } else {
+                    d
+                };
+                match waiter.sleep(d) {
+                    Woken::Kick => kicker = true,
+                    Woken::Timeout => timed_out = true,
+                    Woken::Waker => {}
+                }
+            }
             None if idle > cfg.spin_polls => std::thread::yield_now(),
             None => std::hint::spin_loop(),
         }
@@ -696,6 +752,7 @@ struct IavfDatapath {
     dma: Option<Arc<DmaTable>>,
     pairs: Arc<[Mutex<PairEngine>]>,
     worker: Option<Worker>,
+    worker_counters: Arc<WorkerCounters>,
 }
 
 impl Drop for IavfDatapath {
@@ -717,6 +774,14 @@ impl IavfDatapath {
     fn pair(&self, q: u16) -> Option<MutexGuard<'_, PairEngine>> {
         self.pairs.get(usize::from(q)).map(lock)
     }
+}
+
+/// The kick eventfds of the first `n` pairs' tail doorbells (mem+kick doorbells).
+fn kick_fds(dev: &DeviceView, n: u16) -> Vec<Arc<std::os::fd::OwnedFd>> {
+    (0..n)
+        .flat_map(|q| [queue_ids::tx_doorbell(q), queue_ids::rx_doorbell(q)])
+        .filter_map(|id| dev.get_db_info(id).ok()?.kind.eventfd().cloned())
+        .collect()
 }
 
 /// The doorbell-page words of pair `q`'s tails, if the device put them on pages.
@@ -765,11 +830,15 @@ impl DataPathProvider for IavfDatapath {
             .collect();
         self.pairs = Arc::from(pairs);
         if let Mode::Polled(cfg) = &self.mode {
-            let w = Worker::spawn(self.pairs.clone(), cfg.clone()).map_err(|e| {
-                ProviderError::Rejected(format!("cannot start the data-path worker: {e}"))
-            })?;
+            let rejected =
+                |e| ProviderError::Rejected(format!("cannot start the data-path worker: {e}"));
+            let waiter = Waiter::new(kick_fds(&dev, n), self.worker_counters.clone())
+                .map_err(rejected)?;
+            let w = Worker::spawn(self.pairs.clone(), cfg.clone(), waiter, originates)
+                .map_err(rejected)?;
             self.worker = Some(w);
         }
+        let kicks = self.worker.as_ref().is_some_and(|w| w.waiter.has_kicks());
         log::debug!(
             "iavf {}: {} data path attached ({}, {} tails)",
             dev.name(),
@@ -779,7 +848,11 @@ impl DataPathProvider for IavfDatapath {
             } else {
                 "inline"
             },
-            if pages { "mmapped" } else { "trapped" }
+            match (pages, kicks) {
+                (true, true) => "mmapped and kicked",
+                (true, false) => "mmapped",
+                _ => "trapped",
+            }
         );
         Ok(())
     }
@@ -865,7 +938,7 @@ impl DataPathProvider for IavfDatapath {
         }
         match &self.worker {
             // A trapped tail write: the worker need not wait out its idle sleep.
-            Some(w) => w.thread.thread().unpark(),
+            Some(w) => w.waiter.wake(),
             None if is_tx => self.drive(q),
             None => {}
         }

@@ -171,6 +171,12 @@ pub struct IavfConfig {
     /// ([`crate::datapath::attach_polled`]); trapped writes from clients that do not mmap
     /// still land in the same words. Off by default.
     pub doorbell_pages: bool,
+    /// With the doorbell pages: one eventfd per queue pair, offered for both its tails by
+    /// `GET_REGION_IO_FDS` (emudev's mem+kick doorbells). A client that maps the pages and
+    /// signals the eventfd after each tail store lets an idle data-path worker sleep until
+    /// it is kicked instead of polling; a client that does not signal is polled as before.
+    /// Off by default; turning it on turns on `doorbell_pages`.
+    pub doorbell_kicks: bool,
 }
 
 /// Why an [`IavfConfig`] is refused.
@@ -230,12 +236,22 @@ impl IavfConfig {
             mac: derived_mac(name),
             mtu: 1500,
             doorbell_pages: false,
+            doorbell_kicks: false,
         }
     }
 
     /// With the queue tails on mmappable doorbell pages ([`IavfConfig::doorbell_pages`]).
     pub fn with_doorbell_pages(mut self, on: bool) -> Self {
         self.doorbell_pages = on;
+        self.doorbell_kicks &= on;
+        self
+    }
+
+    /// With the tails on doorbell pages and kick eventfds for them
+    /// ([`IavfConfig::doorbell_kicks`]).
+    pub fn with_doorbell_kicks(mut self, on: bool) -> Self {
+        self.doorbell_kicks = on;
+        self.doorbell_pages |= on;
         self
     }
 

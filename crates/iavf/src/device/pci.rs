@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -27,6 +28,7 @@ use emudev_pci::{
 };
 use emudev_vfio_user::server::{Server, ServerBindError, ServerConfig};
 use emudev_vfio_user::{DeviceContext, Errno, SparseArea};
+use rustix::event::{eventfd, EventfdFlags};
 use thiserror::Error;
 
 use super::core::{Core, EmuOp, Io};
@@ -62,7 +64,7 @@ pub enum CreateIavfError {
     /// The device could not subscribe to its own events.
     #[error("emudev events: {0}")]
     Subscribe(#[from] NotifyError),
-    /// The memory behind the doorbell pages could not be created.
+    /// The memory behind the doorbell pages (or a kick eventfd) could not be created.
     #[error("doorbell pages: {0}")]
     DoorbellPages(std::io::Error),
     /// The doorbell pages could not be mapped (a bug).
@@ -476,12 +478,10 @@ fn emu_model(cfg: &IavfConfig) -> Result<EmuDev, CreateIavfError> {
     } else {
         Region::trapped(0, "bar0", BAR0_SIZE)
     };
-    let tail_db = |off| {
-        if cfg.doorbell_pages {
-            Doorbell::mem(0, off)
-        } else {
-            Doorbell::trapped(0, off)
-        }
+    let tail_db = |off, kick: &Option<Arc<OwnedFd>>| match kick {
+        Some(fd) => Doorbell::mem_kick(0, off, fd.clone()),
+        None if cfg.doorbell_pages => Doorbell::mem(0, off),
+        None => Doorbell::trapped(0, off),
     };
     let mut b = EmuDev::builder(&cfg.name, "iavf")
         .max_queues(queue_ids::slots(crate::spec::regs::MAX_QUEUE_PAIRS))
@@ -497,9 +497,17 @@ fn emu_model(cfg: &IavfConfig) -> Result<EmuDev, CreateIavfError> {
     for q in 0..cfg.queues {
         // q < 16: both registers exist.
         if let (Some(tx), Some(rx)) = (qtx_tail(q), qrx_tail(q)) {
+            // One kick eventfd for the pair's two tails (the worker serves the pair as one).
+            let kick = if cfg.doorbell_kicks {
+                let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                    .map_err(|e| CreateIavfError::DoorbellPages(e.into()))?;
+                Some(Arc::new(fd))
+            } else {
+                None
+            };
             b = b
-                .doorbell(queue_ids::tx_doorbell(q), tail_db(tx).with_width(4))
-                .doorbell(queue_ids::rx_doorbell(q), tail_db(rx).with_width(4));
+                .doorbell(queue_ids::tx_doorbell(q), tail_db(tx, &kick).with_width(4))
+                .doorbell(queue_ids::rx_doorbell(q), tail_db(rx, &kick).with_width(4));
         }
     }
     let emu = b

@@ -489,6 +489,8 @@ pub struct IavfDriver {
     enabled_tx: u32,
     steps: Vec<StepRecord>,
     stray: u64,
+    /// Kick eventfds by tail register offset ([`IavfDriver::enable_kicks`]).
+    kicks: Vec<(u64, std::os::fd::OwnedFd)>,
 }
 
 impl IavfDriver {
@@ -512,6 +514,7 @@ impl IavfDriver {
             enabled_tx: 0,
             steps: Vec::new(),
             stray: 0,
+            kicks: Vec::new(),
         }
     }
 
