@@ -484,6 +484,11 @@ export interface DatapathStats {
   queues: Array<DatapathQueueStats>
   /** Frames written by the running capture, or `null` when none runs. */
   captureFrames?: number
+  /**
+   * The polling worker's idle sleeps and how many of them a client's kick ended (zeros for
+   * an inline data path).
+   */
+  worker: JsWorkerStats
 }
 
 /** What `deviceInfo()` returns (`DEVICE_GET_INFO`). */
@@ -686,7 +691,8 @@ export interface IavfPortOptions {
   trace?: string
   /**
    * mmap the VF's doorbell pages when it offers them, so that tail writes are stores
-   * instead of messages (default true; a VF without them keeps trapped tails).
+   * instead of messages, and signal its kick eventfds after each store when it offers those
+   * too (`doorbells=kick`). Default true; a VF without pages keeps trapped tails.
    */
   mapDoorbells?: boolean
 }
@@ -740,6 +746,12 @@ export interface IavfServerOptions {
    * 0x2000); trapped tail writes keep working for clients that do not map them.
    */
   doorbellPages?: boolean
+  /**
+   * Doorbell pages plus one kick eventfd per queue pair, offered by GET_REGION_IO_FDS: a
+   * client that signals it after each tail store lets the idle data-path worker sleep until
+   * kicked (`IavfPort` does so when it maps the pages). Implies `doorbellPages`.
+   */
+  doorbellKicks?: boolean
   /**
    * Attach the software data path with this back-end (`loopback`, `macswap`, `rxonly`,
    * `txonly[:LEN]`, `pair:<peer>`, `pcap:<file>`, `pcap-replay:<file>`, `channel`).
@@ -837,6 +849,14 @@ export interface IrqVectorState {
   masked: boolean
   /** It fired while masked; it is signalled when unmasked. */
   pending: boolean
+}
+
+/** A polled data path's worker: idle sleeps, and the sleeps a client's kick ended. */
+export interface JsWorkerStats {
+  /** Idle sleeps since attach. */
+  sleeps: number
+  /** Of those, ended by a kick (doorbells=kick and a client that signals). */
+  kicks: number
 }
 
 /** One mappable area of a region, mapped into this process (`mapRegion`). */

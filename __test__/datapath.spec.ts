@@ -405,3 +405,42 @@ test('BackendChannel: a TypeScript back-end answers the client through the chann
   t.teardown(() => plain.close())
   t.throws(() => new BackendChannel(plain).receive(), { code: 'ERR_EMUDEV_NOT_READY' })
 })
+
+test('doorbells=kick: the port kicks, the idle worker sleeps until kicked, frames come back', async (t) => {
+  const sock = tempSocket(t, 'vf.sock')
+  t.throws(() => NativeServer.listenIavf(sock, { doorbellPages: false, doorbellKicks: true }), {
+    code: 'ERR_EMUDEV_INVALID_ARG',
+    message: /doorbellKicks needs the doorbell pages/,
+  })
+  const server = NativeServer.listenIavf(sock, { name: 'emu_iavf0', backend: 'loopback', doorbellKicks: true })
+  t.teardown(() => server.close())
+  const port = await upPort(t, sock)
+  const worker = () => server.datapathStats().worker
+  for (let i = 0; i < 5; i++) {
+    // Idle between rounds: the worker goes to sleep and a kick wakes it.
+    const slept = worker().sleeps
+    t.true(await waitFor(() => worker().sleeps > slept, 5000), 'the idle worker sleeps')
+    const frames = [frame(64, i), frame(1000, i + 1)]
+    t.is(await port.send(frames), 2)
+    t.deepEqual(await receiveN(port, 2), frames)
+  }
+  // A kick stays signalled until a sleep takes it, so every round's kicks are counted.
+  t.true(await waitFor(() => worker().kicks >= 1, 5000), `kicks ${worker().kicks}`)
+  t.true(worker().kicks <= worker().sleeps)
+})
+
+test('doorbells=mmap: the worker polls and is never kicked', async (t) => {
+  const sock = tempSocket(t, 'vf.sock')
+  const server = NativeServer.listenIavf(sock, { name: 'emu_iavf0', backend: 'loopback', doorbellPages: true })
+  t.teardown(() => server.close())
+  const port = await upPort(t, sock)
+  const worker = () => server.datapathStats().worker
+  t.true(await waitFor(() => worker().sleeps > 0, 5000), 'the idle worker sleeps')
+  const frames = [frame(64, 9)]
+  t.is(await port.send(frames), 1)
+  t.deepEqual(await receiveN(port, 1), frames)
+  // Asleep again after the traffic: a kick, had there been one, would have been counted.
+  const slept = worker().sleeps
+  t.true(await waitFor(() => worker().sleeps > slept, 5000))
+  t.is(worker().kicks, 0)
+})

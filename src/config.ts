@@ -12,7 +12,8 @@
  * - `emu_iavf`: an emulated Intel AVF (iavf) virtual function served over vfio-user.
  *   `sock` (required), `queues` (1-16 queue pairs), `mac`, `mtu` (68-9702), `backend`,
  *   `doorbells` (`trap`, the default: tail writes are trapped messages; `mmap`: the tails sit on
- *   mmappable doorbell pages that a polling data path reads).
+ *   mmappable doorbell pages that a polling data path reads; `kick`: the pages plus one eventfd
+ *   per queue pair a client signals after its stores, so the idle data path sleeps until kicked).
  * - `iavf_client`: the client-side iavf driver attached to a vfio-user socket. `path`
  *   (required), `queues` (1-16 queue pairs to bring up, default 1). As in the seed's
  *   `--vdev 'iavf_client,path=/tmp/sock1'`, its instance number may be left out (it is then 0).
@@ -48,7 +49,7 @@ export interface IavfVdev {
   name: string
   driver: 'emu_iavf'
   instance: number
-  args: { sock: string; queues?: number; mac?: string; mtu?: number; backend?: string; doorbells?: 'trap' | 'mmap' }
+  args: { sock: string; queues?: number; mac?: string; mtu?: number; backend?: string; doorbells?: 'trap' | 'mmap' | 'kick' }
 }
 
 /** `iavf_client<N>`: the iavf driver attached, as a vfio-user client, to the socket at `path`. */
@@ -101,7 +102,7 @@ const KEYS: { readonly [D in DriverName]: Readonly<Record<string, KeySpec>> } = 
     mac: { required: false, validate: unicastMac },
     mtu: { required: false, validate: integerIn(IAVF_MTU.min, IAVF_MTU.max) },
     backend: { required: false, validate: backendSpec },
-    doorbells: { required: false, validate: oneOf(['trap', 'mmap']) },
+    doorbells: { required: false, validate: oneOf(['trap', 'mmap', 'kick']) },
   },
   iavf_client: {
     path: { required: true, validate: socketPath },

@@ -82,7 +82,8 @@ function listen(dev: Vdev): ServedDevice {
       if (mac !== undefined) options.mac = mac
       if (mtu !== undefined) options.mtu = mtu
       if (backend !== undefined) options.backend = backend
-      if (doorbells !== undefined) options.doorbellPages = doorbells === 'mmap'
+      if (doorbells !== undefined) options.doorbellPages = doorbells !== 'trap'
+      if (doorbells === 'kick') options.doorbellKicks = true
       const server = native.NativeServer.listenIavf(sock, options)
       const state = server.iavfState()
       return {

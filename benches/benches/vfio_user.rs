@@ -39,18 +39,22 @@ struct Results {
 fn run_once(t: &mut Target, fd: &OwnedFd, warmup: Duration, window: Duration, r: &mut Results) {
     let (region, offset) = (t.region, t.offset);
     let c = &mut t.client;
-    r.read.push(Latencies::measure(warmup, window, 50_000_000, || {
-        std::hint::black_box(c.read_u32(region, offset).expect("REGION_READ"));
-    }));
+    r.read
+        .push(Latencies::measure(warmup, window, 50_000_000, || {
+            std::hint::black_box(c.read_u32(region, offset).expect("REGION_READ"));
+        }));
     let mut v = 0u32;
-    r.write.push(Latencies::measure(warmup, window, 50_000_000, || {
-        v = v.wrapping_add(1);
-        c.write_u32(region, offset, v).expect("REGION_WRITE");
-    }));
-    r.map.push(Latencies::measure(warmup, window, 50_000_000, || {
-        c.dma_map(0x1000_0000, 1 << 16, DmaProt::RW, Some((fd.as_fd(), 0))).expect("DMA_MAP");
-        c.dma_unmap(0x1000_0000, 1 << 16).expect("DMA_UNMAP");
-    }));
+    r.write
+        .push(Latencies::measure(warmup, window, 50_000_000, || {
+            v = v.wrapping_add(1);
+            c.write_u32(region, offset, v).expect("REGION_WRITE");
+        }));
+    r.map
+        .push(Latencies::measure(warmup, window, 50_000_000, || {
+            c.dma_map(0x1000_0000, 1 << 16, DmaProt::RW, Some((fd.as_fd(), 0)))
+                .expect("DMA_MAP");
+            c.dma_unmap(0x1000_0000, 1 << 16).expect("DMA_UNMAP");
+        }));
 }
 
 /// Median ops/s, p50 and p99 (us) over runs.
@@ -72,7 +76,12 @@ fn parse_peer(spec: &str) -> (PathBuf, u32, u64) {
         match kv.split_once('=') {
             Some(("region", v)) => region = v.parse().expect("region=N"),
             Some(("offset", v)) => {
-                offset = if let Some(h) = v.strip_prefix("0x") { u64::from_str_radix(h, 16) } else { v.parse() }.expect("offset=X")
+                offset = if let Some(h) = v.strip_prefix("0x") {
+                    u64::from_str_radix(h, 16)
+                } else {
+                    v.parse()
+                }
+                .expect("offset=X")
             }
             _ => panic!("EMUDEV_BENCH_PEER: unknown part {kv:?}"),
         }
@@ -81,8 +90,14 @@ fn parse_peer(spec: &str) -> (PathBuf, u32, u64) {
 }
 
 fn main() {
-    let secs: f64 = std::env::var("EMUDEV_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let runs: usize = std::env::var("EMUDEV_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let secs: f64 = std::env::var("EMUDEV_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let runs: usize = std::env::var("EMUDEV_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let window = Duration::from_secs_f64(secs);
     let warmup = Duration::from_millis(300);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -106,16 +121,31 @@ fn main() {
         pin_to_cpu(1);
     }
     // edu: BAR0 offset 4 is the liveness register (read and write, no side effects beyond it).
-    let mut targets = vec![Target { name: "emudev (edu)".into(), client: Client::connect(&path).expect("connect"), region: 0, offset: 4 }];
+    let mut targets = vec![Target {
+        name: "emudev (edu)".into(),
+        client: Client::connect(&path).expect("connect"),
+        region: 0,
+        offset: 4,
+    }];
     if let Ok(spec) = std::env::var("EMUDEV_BENCH_PEER") {
         let (peer, region, offset) = parse_peer(&spec);
-        let client = Client::connect(&peer).unwrap_or_else(|e| panic!("EMUDEV_BENCH_PEER {}: {e}", peer.display()));
-        targets.push(Target { name: format!("peer {}", peer.display()), client, region, offset });
+        let client = Client::connect(&peer)
+            .unwrap_or_else(|e| panic!("EMUDEV_BENCH_PEER {}: {e}", peer.display()));
+        targets.push(Target {
+            name: format!("peer {}", peer.display()),
+            client,
+            region,
+            offset,
+        });
     }
     let (mem, fd) = SharedMemory::memfd("bench", 1 << 16).expect("memfd");
     drop(mem);
 
-    let placement = if pin { "emudev server pinned to CPU 0, clients to CPU 1" } else { "threads not pinned" };
+    let placement = if pin {
+        "emudev server pinned to CPU 0, clients to CPU 1"
+    } else {
+        "threads not pinned"
+    };
     println!("vfio-user control path: {runs} runs x {secs} s per loop, {placement} ({cpus} CPUs)");
     let mut results: Vec<Results> = targets.iter().map(|_| Results::default()).collect();
     for _ in 0..runs {
@@ -126,22 +156,36 @@ fn main() {
     }
     let mut rows: Vec<(String, [Summary; 3])> = Vec::new();
     for (t, r) in targets.iter().zip(results.iter()) {
-        rows.push((t.name.clone(), [summary(&r.read), summary(&r.write), summary(&r.map)]));
+        rows.push((
+            t.name.clone(),
+            [summary(&r.read), summary(&r.write), summary(&r.map)],
+        ));
     }
-    let names = ["REGION_READ 4 B", "REGION_WRITE 4 B", "DMA_MAP+UNMAP 64 KiB"];
+    let names = [
+        "REGION_READ 4 B",
+        "REGION_WRITE 4 B",
+        "DMA_MAP+UNMAP 64 KiB",
+    ];
     for (i, op) in names.iter().enumerate() {
         for (name, s) in &rows {
             let (rate, p50, p99) = s[i];
             println!("{op:<22} {name:<40} {rate:>10.0} /s   p50 {p50:>7.2} us   p99 {p99:>7.2} us");
         }
         if rows.len() > 1 {
-            println!("{op:<22} {:<40} {:>10.2}x", "ratio emudev / peer", rows[0].1[i].0 / rows[1].1[i].0);
+            println!(
+                "{op:<22} {:<40} {:>10.2}x",
+                "ratio emudev / peer",
+                rows[0].1[i].0 / rows[1].1[i].0
+            );
         }
     }
     for t in targets {
         t.client.close();
     }
     handle.stop();
-    server_thread.join().expect("server thread").expect("server run");
+    server_thread
+        .join()
+        .expect("server thread")
+        .expect("server run");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,12 @@ pub struct Latencies {
 impl Latencies {
     /// Runs `op` for `warmup` then for `window` (or at most `max_ops` operations), recording each
     /// operation's latency in nanoseconds.
-    pub fn measure(warmup: Duration, window: Duration, max_ops: usize, mut op: impl FnMut()) -> Latencies {
+    pub fn measure(
+        warmup: Duration,
+        window: Duration,
+        max_ops: usize,
+        mut op: impl FnMut(),
+    ) -> Latencies {
         let end = Instant::now() + warmup;
         while Instant::now() < end {
             op();
@@ -34,7 +39,10 @@ impl Latencies {
                 break;
             }
         }
-        Latencies { samples, total: t - start }
+        Latencies {
+            samples,
+            total: t - start,
+        }
     }
 
     /// Operations measured.

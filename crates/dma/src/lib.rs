@@ -33,7 +33,7 @@ mod window;
 mod test_util;
 
 pub use error::{DmaAccessError, DmaMapError, DmaUnmapError};
+pub use shared::SharedMemory;
 pub use table::{DmaTable, RemoteDma};
 pub use types::{DmaLimits, DmaMapInfo, DmaMapRequest, DmaProt, HostAddr, Iova};
-pub use shared::SharedMemory;
 pub use window::DmaWindow;

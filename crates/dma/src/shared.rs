@@ -27,12 +27,17 @@ pub struct SharedMemory {
 impl SharedMemory {
     /// Maps `len` bytes of `fd` from `file_offset` with `prot` (READ, or READ|WRITE).
     pub fn map(fd: impl AsFd, file_offset: u64, len: u64, prot: DmaProt) -> io::Result<Self> {
-        let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let size =
+            usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         if !prot.contains(DmaProt::READ) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "mapping must be readable"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mapping must be readable",
+            ));
         }
         let owned: OwnedFd = fd.as_fd().try_clone_to_owned()?;
-        let region = HostRegion::map_shared(&owned, file_offset, size, prot.contains(DmaProt::WRITE))?;
+        let region =
+            HostRegion::map_shared(&owned, file_offset, size, prot.contains(DmaProt::WRITE))?;
         Ok(SharedMemory { region, len, prot })
     }
 
@@ -68,27 +73,39 @@ impl SharedMemory {
     fn err(e: RawAccessError, offset: u64, len: u64) -> DmaAccessError {
         match e {
             RawAccessError::OutOfRange => DmaAccessError::OutOfWindow { offset, len },
-            RawAccessError::ReadOnly => DmaAccessError::Forbidden { iova: crate::Iova(offset) },
-            RawAccessError::Misaligned | RawAccessError::Unsupported => DmaAccessError::Misaligned { offset },
+            RawAccessError::ReadOnly => DmaAccessError::Forbidden {
+                iova: crate::Iova(offset),
+            },
+            RawAccessError::Misaligned | RawAccessError::Unsupported => {
+                DmaAccessError::Misaligned { offset }
+            }
         }
     }
 
     /// Copies bytes at `offset` into `buf`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaAccessError> {
-        self.region.copy_out(offset, buf).map_err(|e| Self::err(e, offset, buf.len() as u64))
+        self.region
+            .copy_out(offset, buf)
+            .map_err(|e| Self::err(e, offset, buf.len() as u64))
     }
 
     /// Copies `data` to `offset`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DmaAccessError> {
-        self.region.copy_in(offset, data).map_err(|e| Self::err(e, offset, data.len() as u64))
+        self.region
+            .copy_in(offset, data)
+            .map_err(|e| Self::err(e, offset, data.len() as u64))
     }
 
     fn load<W: Word>(&self, offset: u64, order: Ordering) -> Result<W, DmaAccessError> {
-        self.region.load::<W>(offset, order).map_err(|e| Self::err(e, offset, size_of::<W>() as u64))
+        self.region
+            .load::<W>(offset, order)
+            .map_err(|e| Self::err(e, offset, size_of::<W>() as u64))
     }
 
     fn store<W: Word>(&self, offset: u64, v: W, order: Ordering) -> Result<(), DmaAccessError> {
-        self.region.store::<W>(offset, v, order).map_err(|e| Self::err(e, offset, size_of::<W>() as u64))
+        self.region
+            .store::<W>(offset, v, order)
+            .map_err(|e| Self::err(e, offset, size_of::<W>() as u64))
     }
 
     /// Atomic load of a naturally aligned u16.
@@ -129,11 +146,21 @@ mod tests {
         let mut buf = [0u8; 5];
         b.read_at(10, &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
-        a.store_u32(4096 + 16, 0xdead_beef, Ordering::Release).unwrap();
+        a.store_u32(4096 + 16, 0xdead_beef, Ordering::Release)
+            .unwrap();
         assert_eq!(b.load_u32(16, Ordering::Acquire).unwrap(), 0xdead_beef);
-        assert!(matches!(b.write_at(0, b"x"), Err(DmaAccessError::Forbidden { .. })));
-        assert!(matches!(b.read_at(4095, &mut buf), Err(DmaAccessError::OutOfWindow { .. })));
-        assert!(matches!(a.load_u32(2, Ordering::Relaxed), Err(DmaAccessError::Misaligned { .. })));
+        assert!(matches!(
+            b.write_at(0, b"x"),
+            Err(DmaAccessError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            b.read_at(4095, &mut buf),
+            Err(DmaAccessError::OutOfWindow { .. })
+        ));
+        assert!(matches!(
+            a.load_u32(2, Ordering::Relaxed),
+            Err(DmaAccessError::Misaligned { .. })
+        ));
         assert!(SharedMemory::map(&fd, 0, 0, DmaProt::RW).is_err());
         assert!(SharedMemory::map(&fd, 0, 4096, DmaProt::WRITE).is_err());
     }

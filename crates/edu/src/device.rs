@@ -15,8 +15,7 @@
 
 use emudev_dma::{DmaAccessError, Iova};
 use emudev_pci::{
-    BarSpec, ConfigKind, ConfigSpace, InterruptPin, MsiSpec, PciDevice,
-    PciFunction, PciIds,
+    BarSpec, ConfigKind, ConfigSpace, InterruptPin, MsiSpec, PciDevice, PciFunction, PciIds,
 };
 use emudev_vfio_user::irq::{INTX, MSI};
 use emudev_vfio_user::{DeviceContext, Errno};
@@ -460,7 +459,6 @@ impl PciFunction for Edu {
         self.config.reset();
         Ok(())
     }
-
 }
 
 emudev_vfio_user::delegate_device!(EduDevice => pci);
@@ -468,10 +466,10 @@ emudev_vfio_user::delegate_device!(EduDevice => pci);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use emudev_vfio_user::{Device, IrqInfo};
     use emudev_dma::{DmaLimits, DmaMapRequest, DmaProt, DmaTable};
     use emudev_pci::regs::{PCI_COMMAND_INTX_DISABLE, PCI_STATUS_INTERRUPT};
     use emudev_vfio_user::irq::IrqTable;
+    use emudev_vfio_user::{Device, IrqInfo};
     use rustix::event::{eventfd, EventfdFlags};
     use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
     use std::os::fd::OwnedFd;

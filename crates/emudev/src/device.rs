@@ -1670,10 +1670,7 @@ mod tests {
         );
         // Like Mem it must be on the mmapped page.
         assert!(matches!(
-            dev.configure_doorbell(
-                DoorbellId(11),
-                Doorbell::mem_kick(2, 0x1004, kick.clone())
-            ),
+            dev.configure_doorbell(DoorbellId(11), Doorbell::mem_kick(2, 0x1004, kick.clone())),
             Err(DoorbellError::NotMmapped)
         ));
         dev.configure_doorbell(DoorbellId(11), Doorbell::mem_kick(2, 0x8, kick.clone()))

@@ -214,7 +214,10 @@ fn a_million_packets_cross_a_pair_on_one_and_on_four_queue_pairs() {
             STREAM_PACKETS,
             STREAM_PACKETS as f64 / secs / 1e6
         );
-        let s = settled(|| pa.stats(), |s| s.sent + s.dropped >= STREAM_PACKETS as u64);
+        let s = settled(
+            || pa.stats(),
+            |s| s.sent + s.dropped >= STREAM_PACKETS as u64,
+        );
         assert_eq!((s.sent, s.dropped), (STREAM_PACKETS as u64, 0));
         let tb = b.stats.total();
         assert_eq!((tb.rx_errors, tb.rx_drops), (0, 0));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{frame, rx_wait, serve, tx_all, unique_number, Vf};
-use emudev_iavf::datapath::{self, Loopback, PollConfig, QueueStats};
+use emudev_iavf::datapath::{self, Loopback, PollConfig, QueueStats, WorkerStats};
 use emudev_iavf::driver::DriverConfig;
 use emudev_iavf::IavfConfig;
 
@@ -201,6 +201,19 @@ fn up_kicked(queue_pairs: u16, poll: PollConfig) -> Vf {
     vf
 }
 
+/// The worker's counters once `done` holds for them, or after two seconds (a kick is counted
+/// when a sleep takes it, which may be just after the frames it woke the worker for).
+fn worker_when(vf: &Vf, done: impl Fn(&WorkerStats) -> bool) -> WorkerStats {
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        let w = vf.stats.worker();
+        if done(&w) || Instant::now() >= end {
+            return w;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 #[test]
 fn kick_doorbells_are_offered_as_one_shared_ioeventfd_per_pair() {
     let mut vf = up_kicked(4, PollConfig::default());
@@ -258,17 +271,20 @@ fn kicks_wake_a_worker_that_sleeps_until_kicked() {
     assert_eq!(vf.d().enable_kicks().expect("kicks"), 4);
     // The first kick ends whatever sleep the idle worker is in and marks the client a kicker.
     loop_frames(&mut vf, 0, &[frame(64, 1)]);
-    let first = vf.stats.worker();
+    let first = worker_when(&vf, |w| w.kicks >= 1);
     assert!(first.kicks >= 1, "{first:?}");
     for round in 0..10u8 {
         // Idle long enough to be in the minute-long sleep.
         std::thread::sleep(Duration::from_millis(20));
         for q in 0..2 {
-            let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(64 + 300 * i, round ^ q as u8)).collect();
+            let frames: Vec<Vec<u8>> = (0..5)
+                .map(|i| frame(64 + 300 * i, round ^ q as u8))
+                .collect();
             loop_frames(&mut vf, q, &frames);
         }
     }
-    let after = vf.stats.worker();
+    // Each round's first kick ended a minute-long sleep.
+    let after = worker_when(&vf, |w| w.kicks >= first.kicks + 10);
     assert!(after.kicks >= first.kicks + 10, "{first:?} then {after:?}");
     assert_eq!(stats_at(&vf, 0, 51).rx_packets, 51);
     assert_eq!(stats_at(&vf, 1, 50).rx_packets, 50);
@@ -276,7 +292,11 @@ fn kicks_wake_a_worker_that_sleeps_until_kicked() {
     drop(vf.handle.emu().detach_provider().expect("detach"));
     let sleeps = vf.stats.worker().sleeps;
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(vf.stats.worker().sleeps, sleeps, "no worker sleeps any more");
+    assert_eq!(
+        vf.stats.worker().sleeps,
+        sleeps,
+        "no worker sleeps any more"
+    );
 }
 
 #[test]
@@ -284,12 +304,34 @@ fn a_client_that_never_kicks_is_polled_as_before() {
     // As QEMU does: the pages are mapped (into a guest) and the io fds never asked for.
     let mut vf = up_kicked(1, PollConfig::default());
     let frames: Vec<Vec<u8>> = (0..32).map(|i| frame(64, i)).collect();
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(5));
+    for _ in 0..5 {
+        // Frames sent to a sleeping worker.
+        let slept = vf.stats.worker().sleeps;
+        assert!(worker_when(&vf, |w| w.sleeps > slept).sleeps > slept);
         loop_frames(&mut vf, 0, &frames);
     }
-    assert_eq!(stats_at(&vf, 0, 320).rx_packets, 320);
-    let w = vf.stats.worker();
+    assert_eq!(stats_at(&vf, 0, 160).rx_packets, 160);
+    // Asleep again after the traffic: a kick, had there been one, would have been counted.
+    let slept = vf.stats.worker().sleeps;
+    let w = worker_when(&vf, |w| w.sleeps > slept);
+    assert!(w.sleeps > slept);
     assert_eq!(w.kicks, 0);
-    assert!(w.sleeps > 0, "the idle worker slept between rounds");
+}
+
+#[test]
+fn a_client_that_stops_kicking_is_still_served() {
+    let mut vf = up_kicked(1, PollConfig::default());
+    assert_eq!(vf.d().enable_kicks().expect("kicks"), 2);
+    loop_frames(&mut vf, 0, &[frame(64, 1)]);
+    std::thread::sleep(Duration::from_millis(20));
+    loop_frames(&mut vf, 0, &[frame(64, 2)]);
+    assert!(worker_when(&vf, |w| w.kicks >= 1).kicks >= 1);
+    // Plain stores from now on: the worker's kicked sleep (100 ms) times out, it finds the
+    // work, and goes back to polling on the short schedule.
+    vf.d().disable_kicks();
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        loop_frames(&mut vf, 0, &[frame(64, 3 + i)]);
+    }
+    assert_eq!(stats_at(&vf, 0, 7).rx_packets, 7);
 }

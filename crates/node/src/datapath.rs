@@ -140,6 +140,19 @@ pub struct JsDatapathStats {
     pub queues: Vec<JsQueueStats>,
     /// Frames written by the running capture, or `null` when none runs.
     pub capture_frames: Option<f64>,
+    /// The polling worker's idle sleeps and how many of them a client's kick ended (zeros for
+    /// an inline data path).
+    pub worker: JsWorkerStats,
+}
+
+/// A polled data path's worker: idle sleeps, and the sleeps a client's kick ended.
+#[napi(object)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JsWorkerStats {
+    /// Idle sleeps since attach.
+    pub sleeps: f64,
+    /// Of those, ended by a kick (doorbells=kick and a client that signals).
+    pub kicks: f64,
 }
 
 impl NativeServer {
@@ -224,6 +237,13 @@ impl NativeServer {
                 backend: a.spec.clone(),
                 queues,
                 capture_frames: a.stats.capture_frames().map(|n| n as f64),
+                worker: {
+                    let w = a.stats.worker();
+                    JsWorkerStats {
+                        sleeps: w.sleeps as f64,
+                        kicks: w.kicks as f64,
+                    }
+                },
             })
         })
     }

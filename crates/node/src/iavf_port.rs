@@ -87,7 +87,8 @@ pub struct JsIavfPortOptions {
     /// (`--trace FILE`).
     pub trace: Option<String>,
     /// mmap the VF's doorbell pages when it offers them, so that tail writes are stores
-    /// instead of messages (default true; a VF without them keeps trapped tails).
+    /// instead of messages, and signal its kick eventfds after each store when it offers those
+    /// too (`doorbells=kick`). Default true; a VF without pages keeps trapped tails.
     pub map_doorbells: Option<bool>,
 }
 
@@ -734,7 +735,10 @@ impl NativeIavfPort {
         self.op(move |shared, d| {
             if map && !shared.doorbells_mapped.swap(true, Ordering::SeqCst) {
                 // Offered or not, the tails keep working: trapped when nothing was mapped.
-                d.map_doorbells().map_err(|e| driver_error(&e))?;
+                if d.map_doorbells().map_err(|e| driver_error(&e))? {
+                    // Kick eventfds, when the VF has them (none: plain stores).
+                    d.enable_kicks().map_err(|e| driver_error(&e))?;
+                }
             }
             let run = shared.runs.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
             let on_step = |r: &StepRecord| {

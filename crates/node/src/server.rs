@@ -210,6 +210,10 @@ pub struct JsIavfServerOptions {
     /// Offer the TX/RX tail registers as mmappable doorbell pages (BAR0 pages 0x0000 and
     /// 0x2000); trapped tail writes keep working for clients that do not map them.
     pub doorbell_pages: Option<bool>,
+    /// Doorbell pages plus one kick eventfd per queue pair, offered by GET_REGION_IO_FDS: a
+    /// client that signals it after each tail store lets the idle data-path worker sleep until
+    /// kicked (`IavfPort` does so when it maps the pages). Implies `doorbellPages`.
+    pub doorbell_kicks: Option<bool>,
     /// Attach the software data path with this back-end (`loopback`, `macswap`, `rxonly`,
     /// `txonly[:LEN]`, `pair:<peer>`, `pcap:<file>`, `pcap-replay:<file>`, `channel`).
     pub backend: Option<String>,
@@ -238,6 +242,14 @@ pub(crate) fn iavf_config(options: &JsIavfServerOptions) -> Result<IavfConfig, N
     }
     if let Some(on) = options.doorbell_pages {
         config = config.with_doorbell_pages(on);
+    }
+    if options.doorbell_kicks == Some(true) {
+        if options.doorbell_pages == Some(false) {
+            return Err(invalid_arg(
+                "listenIavf: doorbellKicks needs the doorbell pages (doorbellPages: false given)",
+            ));
+        }
+        config = config.with_doorbell_kicks(true);
     }
     config.validate().map_err(config_error)?;
     Ok(config)
@@ -756,13 +768,26 @@ mod tests {
             mac: Some("02:11:22:33:44:55".into()),
             mtu: Some(9702.0),
             doorbell_pages: Some(true),
+            doorbell_kicks: None,
             backend: None,
         })
         .expect("all options");
         assert_eq!(c.name, "emu_iavf3");
         assert_eq!((c.queues, c.mtu), (16, 9702));
         assert_eq!(c.mac, [2, 0x11, 0x22, 0x33, 0x44, 0x55]);
-        assert!(c.doorbell_pages);
+        assert!(c.doorbell_pages && !c.doorbell_kicks);
+        let kicks = |pages| {
+            iavf_config(&JsIavfServerOptions {
+                doorbell_pages: pages,
+                doorbell_kicks: Some(true),
+                ..Default::default()
+            })
+        };
+        let c = kicks(None).expect("kicks");
+        assert!(c.doorbell_pages && c.doorbell_kicks, "kicks bring the pages");
+        assert!(kicks(Some(true)).expect("both").doorbell_kicks);
+        let e = kicks(Some(false)).expect_err("kicks without pages");
+        assert!(e.reason.contains("doorbellKicks"), "{}", e.reason);
     }
 
     #[test]

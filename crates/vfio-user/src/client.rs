@@ -121,9 +121,10 @@ impl ClientError {
     pub fn errno(&self) -> Errno {
         match self {
             ClientError::Server { errno, .. } => *errno,
-            ClientError::Connect { source, .. } | ClientError::Transport { source, .. } => {
-                source.raw_os_error().map(Errno::from_raw_os_error).unwrap_or(Errno::IO)
-            }
+            ClientError::Connect { source, .. } | ClientError::Transport { source, .. } => source
+                .raw_os_error()
+                .map(Errno::from_raw_os_error)
+                .unwrap_or(Errno::IO),
             ClientError::BadReply { .. } | ClientError::Negotiation(_) => Errno::PROTO,
             ClientError::Invalid(_) => Errno::INVAL,
             ClientError::Memory(_) => Errno::NOMEM,
@@ -134,7 +135,10 @@ impl ClientError {
 type Result<T> = std::result::Result<T, ClientError>;
 
 fn bad(cmd: Command, e: DecodeError) -> ClientError {
-    ClientError::BadReply { cmd: cmd.name(), reason: e.to_string() }
+    ClientError::BadReply {
+        cmd: cmd.name(),
+        reason: e.to_string(),
+    }
 }
 
 /// What the client knows about one region.
@@ -172,7 +176,10 @@ impl RegionDesc {
         if !self.mappable() {
             Vec::new()
         } else if self.sparse.is_empty() {
-            vec![SparseArea { offset: 0, size: self.size }]
+            vec![SparseArea {
+                offset: 0,
+                size: self.size,
+            }]
         } else {
             self.sparse.clone()
         }
@@ -244,28 +251,33 @@ impl ClientMemory {
     fn serve(&self, h: &Header, payload: &[u8], max_xfer: u64) -> Vec<u8> {
         let cmd = h.cmd();
         let result = match cmd {
-            Some(Command::DmaRead) => DmaAccess::decode_read(payload).map_err(|e| e.errno()).and_then(|a| {
-                if a.count > max_xfer {
-                    return Err(Errno::INVAL);
-                }
-                let (mem, off) = self.find(a.address, a.count).ok_or(Errno::FAULT)?;
-                let mut b = MessageBuilder::reply(h.msg_id, h.command);
-                a.encode(&mut b);
-                let start = b.buf().len();
-                b.buf().resize(start + a.count as usize, 0);
-                mem.read_at(off, &mut b.buf()[start..]).map_err(|_| Errno::FAULT)?;
-                Ok(b.finish())
-            }),
-            Some(Command::DmaWrite) => DmaAccess::decode_write(payload).map_err(|e| e.errno()).and_then(|(a, data)| {
-                if a.count > max_xfer {
-                    return Err(Errno::INVAL);
-                }
-                let (mem, off) = self.find(a.address, a.count).ok_or(Errno::FAULT)?;
-                mem.write_at(off, data).map_err(|_| Errno::FAULT)?;
-                let mut b = MessageBuilder::reply(h.msg_id, h.command);
-                a.encode(&mut b);
-                Ok(b.finish())
-            }),
+            Some(Command::DmaRead) => DmaAccess::decode_read(payload)
+                .map_err(|e| e.errno())
+                .and_then(|a| {
+                    if a.count > max_xfer {
+                        return Err(Errno::INVAL);
+                    }
+                    let (mem, off) = self.find(a.address, a.count).ok_or(Errno::FAULT)?;
+                    let mut b = MessageBuilder::reply(h.msg_id, h.command);
+                    a.encode(&mut b);
+                    let start = b.buf().len();
+                    b.buf().resize(start + a.count as usize, 0);
+                    mem.read_at(off, &mut b.buf()[start..])
+                        .map_err(|_| Errno::FAULT)?;
+                    Ok(b.finish())
+                }),
+            Some(Command::DmaWrite) => DmaAccess::decode_write(payload)
+                .map_err(|e| e.errno())
+                .and_then(|(a, data)| {
+                    if a.count > max_xfer {
+                        return Err(Errno::INVAL);
+                    }
+                    let (mem, off) = self.find(a.address, a.count).ok_or(Errno::FAULT)?;
+                    mem.write_at(off, data).map_err(|_| Errno::FAULT)?;
+                    let mut b = MessageBuilder::reply(h.msg_id, h.command);
+                    a.encode(&mut b);
+                    Ok(b.finish())
+                }),
             _ => Err(Errno::NOSYS),
         };
         result.unwrap_or_else(|e| wire::error_reply(h.msg_id, h.command, e))
@@ -319,8 +331,10 @@ impl Client {
     /// Connects, negotiates, and reads the device and region info.
     pub fn connect_with(path: impl AsRef<Path>, config: ClientConfig) -> Result<Client> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_stream(stream, config)
     }
 
@@ -328,7 +342,10 @@ impl Client {
     pub fn from_stream(stream: UnixStream, config: ClientConfig) -> Result<Client> {
         let sock = MessageSocket::new(stream);
         sock.set_read_timeout(Some(config.timeout))
-            .map_err(|source| ClientError::Transport { cmd: "connect", source })?;
+            .map_err(|source| ClientError::Transport {
+                cmd: "connect",
+                source,
+            })?;
         let limits = RecvLimits {
             max_msg_size: (config.max_data_xfer_size as usize + 4096).max(1 << 16),
             max_fds: config.max_msg_fds as usize,
@@ -340,7 +357,11 @@ impl Client {
             config,
             server_minor: 0,
             server_caps: Capabilities::default(),
-            info: DeviceInfo { flags: 0, num_regions: 0, num_irqs: 0 },
+            info: DeviceInfo {
+                flags: 0,
+                num_regions: 0,
+                num_irqs: 0,
+            },
             regions: Vec::new(),
             region_fds: BTreeMap::new(),
             mapped: BTreeMap::new(),
@@ -368,15 +389,31 @@ impl Client {
             max_data_xfer_size: Some(self.config.max_data_xfer_size),
             max_dma_maps: Some(wire::DEFAULT_MAX_DMA_MAPS),
             pgsizes: Some(wire::DEFAULT_PGSIZES),
-            twin_socket: self.config.twin_socket.then_some(TwinSocketCap { supported: true, fd_index: None }),
+            twin_socket: self.config.twin_socket.then_some(TwinSocketCap {
+                supported: true,
+                fd_index: None,
+            }),
             write_multiple: self.config.write_multiple.then_some(true),
-            migration: Some(MigrationCap { pgsize: Some(wire::DEFAULT_PGSIZES), max_bitmap_size: None }),
+            migration: Some(MigrationCap {
+                pgsize: Some(wire::DEFAULT_PGSIZES),
+                max_bitmap_size: None,
+            }),
         };
         let minor = self.config.minor;
-        let (p, mut fds) = self.request(Command::Version, &[], |b| Version { major: 0, minor, caps: Some(caps) }.encode(b))?;
+        let (p, mut fds) = self.request(Command::Version, &[], |b| {
+            Version {
+                major: 0,
+                minor,
+                caps: Some(caps),
+            }
+            .encode(b)
+        })?;
         let v = Version::decode(&p).map_err(|e| ClientError::Negotiation(e.to_string()))?;
         if v.major != 0 || v.minor > minor {
-            return Err(ClientError::Negotiation(format!("server replied version {}.{} to 0.{minor}", v.major, v.minor)));
+            return Err(ClientError::Negotiation(format!(
+                "server replied version {}.{} to 0.{minor}",
+                v.major, v.minor
+            )));
         }
         let server = v.caps.unwrap_or_default();
         if server.max_msg_fds() > wire::MAX_MSG_FDS_LIMIT {
@@ -385,14 +422,22 @@ impl Client {
         self.server_minor = v.minor;
         if let Some(t) = server.twin_socket.filter(|t| t.supported) {
             if !self.config.twin_socket {
-                return Err(ClientError::Negotiation("twin socket set up though not offered".into()));
+                return Err(ClientError::Negotiation(
+                    "twin socket set up though not offered".into(),
+                ));
             }
-            let idx = t.fd_index.ok_or_else(|| ClientError::Negotiation("twin socket without fd_index".into()))? as usize;
+            let idx = t
+                .fd_index
+                .ok_or_else(|| ClientError::Negotiation("twin socket without fd_index".into()))?
+                as usize;
             if idx >= fds.len() {
-                return Err(ClientError::Negotiation("twin socket fd_index without an fd".into()));
+                return Err(ClientError::Negotiation(
+                    "twin socket fd_index without an fd".into(),
+                ));
             }
             let fd = fds.swap_remove(idx);
-            let sock = MessageSocket::from_owned_fd(fd).map_err(|e| ClientError::Negotiation(format!("twin socket: {e}")))?;
+            let sock = MessageSocket::from_owned_fd(fd)
+                .map_err(|e| ClientError::Negotiation(format!("twin socket: {e}")))?;
             self.twin = Some(self.spawn_twin(sock, server.max_data_xfer_size())?);
         }
         self.server_caps = server;
@@ -402,7 +447,10 @@ impl Client {
     fn spawn_twin(&self, sock: MessageSocket, _server_xfer: u64) -> Result<TwinServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let memory = self.memory.clone();
-        let reader = sock.try_clone().map_err(|source| ClientError::Transport { cmd: "twin socket", source })?;
+        let reader = sock.try_clone().map_err(|source| ClientError::Transport {
+            cmd: "twin socket",
+            source,
+        })?;
         let limits = self.limits;
         let max_xfer = self.config.max_data_xfer_size;
         let stop2 = stop.clone();
@@ -417,7 +465,9 @@ impl Client {
                         Ok(Some(m)) => m,
                         Ok(None) | Err(_) => break,
                     };
-                    let Ok(h) = Header::decode(&msg.bytes) else { break };
+                    let Ok(h) = Header::decode(&msg.bytes) else {
+                        break;
+                    };
                     if !h.is_command() {
                         continue;
                     }
@@ -428,8 +478,15 @@ impl Client {
                     }
                 }
             })
-            .map_err(|source| ClientError::Transport { cmd: "twin socket", source })?;
-        Ok(TwinServer { stop, sock, join: Some(join) })
+            .map_err(|source| ClientError::Transport {
+                cmd: "twin socket",
+                source,
+            })?;
+        Ok(TwinServer {
+            stop,
+            sock,
+            join: Some(join),
+        })
     }
 
     /// Sends a command and waits for its reply, serving server→client DMA commands meanwhile.
@@ -445,16 +502,37 @@ impl Client {
         let mut b = MessageBuilder::command(id, cmd);
         build(&mut b);
         let bytes = b.finish();
-        self.trace.message(Side::Client, Direction::Send, Channel::Main, &bytes, fds.len());
-        self.sock.send(&bytes, fds).map_err(|source| ClientError::Transport { cmd: cmd.name(), source })?;
+        self.trace.message(
+            Side::Client,
+            Direction::Send,
+            Channel::Main,
+            &bytes,
+            fds.len(),
+        );
+        self.sock
+            .send(&bytes, fds)
+            .map_err(|source| ClientError::Transport {
+                cmd: cmd.name(),
+                source,
+            })?;
         let reply = self.wait_reply(id, cmd.name())?;
         let h = Header::decode(&reply.bytes).map_err(|e| bad(cmd, e))?;
         if h.command != cmd as u16 {
-            return Err(ClientError::BadReply { cmd: cmd.name(), reason: format!("reply for command {}", h.command) });
+            return Err(ClientError::BadReply {
+                cmd: cmd.name(),
+                reason: format!("reply for command {}", h.command),
+            });
         }
         if h.is_error() {
-            let errno = if h.error_no == 0 || h.error_no > 4096 { Errno::INVAL } else { Errno::from_raw_os_error(h.error_no as i32) };
-            return Err(ClientError::Server { cmd: cmd.name(), errno });
+            let errno = if h.error_no == 0 || h.error_no > 4096 {
+                Errno::INVAL
+            } else {
+                Errno::from_raw_os_error(h.error_no as i32)
+            };
+            return Err(ClientError::Server {
+                cmd: cmd.name(),
+                errno,
+            });
         }
         let mut p = reply.bytes;
         p.drain(..HEADER_SIZE);
@@ -468,26 +546,47 @@ impl Client {
             let msg = match msg {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    return Err(ClientError::Transport { cmd, source: io::Error::from(io::ErrorKind::UnexpectedEof) });
+                    return Err(ClientError::Transport {
+                        cmd,
+                        source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                    });
                 }
                 Err(RecvError::Io(source)) => return Err(ClientError::Transport { cmd, source }),
-                Err(e) => return Err(ClientError::BadReply { cmd, reason: e.to_string() }),
+                Err(e) => {
+                    return Err(ClientError::BadReply {
+                        cmd,
+                        reason: e.to_string(),
+                    })
+                }
             };
-            let h = Header::decode(&msg.bytes).map_err(|e| ClientError::BadReply { cmd, reason: e.to_string() })?;
+            let h = Header::decode(&msg.bytes).map_err(|e| ClientError::BadReply {
+                cmd,
+                reason: e.to_string(),
+            })?;
             if h.is_command() {
                 // The server wants client memory (no twin socket): serve it and keep waiting.
                 let reply = if msg.fds.is_empty() {
-                    self.memory.serve(&h, &msg.bytes[HEADER_SIZE..], self.config.max_data_xfer_size)
+                    self.memory.serve(
+                        &h,
+                        &msg.bytes[HEADER_SIZE..],
+                        self.config.max_data_xfer_size,
+                    )
                 } else {
                     wire::error_reply(h.msg_id, h.command, Errno::INVAL)
                 };
                 self.served_inline += 1;
-                self.trace.message(Side::Client, Direction::Send, Channel::Main, &reply, 0);
-                self.sock.send(&reply, &[]).map_err(|source| ClientError::Transport { cmd, source })?;
+                self.trace
+                    .message(Side::Client, Direction::Send, Channel::Main, &reply, 0);
+                self.sock
+                    .send(&reply, &[])
+                    .map_err(|source| ClientError::Transport { cmd, source })?;
                 continue;
             }
             if h.msg_id != id {
-                return Err(ClientError::BadReply { cmd, reason: format!("reply id {} while waiting for {id}", h.msg_id) });
+                return Err(ClientError::BadReply {
+                    cmd,
+                    reason: format!("reply id {} while waiting for {id}", h.msg_id),
+                });
             }
             return Ok(msg);
         }
@@ -533,54 +632,93 @@ impl Client {
     /// DEVICE_GET_INFO.
     pub fn get_device_info(&mut self) -> Result<DeviceInfo> {
         let (p, _) = self.request(Command::DeviceGetInfo, &[], |b| {
-            DeviceInfoMsg { argsz: DeviceInfoMsg::SIZE as u32, ..Default::default() }.encode(b)
+            DeviceInfoMsg {
+                argsz: DeviceInfoMsg::SIZE as u32,
+                ..Default::default()
+            }
+            .encode(b)
         })?;
         let m = DeviceInfoMsg::decode_reply(&p).map_err(|e| bad(Command::DeviceGetInfo, e))?;
-        Ok(DeviceInfo { flags: m.flags, num_regions: m.num_regions, num_irqs: m.num_irqs })
+        Ok(DeviceInfo {
+            flags: m.flags,
+            num_regions: m.num_regions,
+            num_irqs: m.num_irqs,
+        })
     }
 
     /// DEVICE_GET_REGION_INFO, retrying once with the argsz the server asks for.
     pub fn get_region_info(&mut self, index: u32) -> Result<(RegionDesc, Option<OwnedFd>)> {
         let mut argsz = RegionInfoMsg::SIZE as u32;
         for _ in 0..2 {
-            let (p, mut fds) = self.request(Command::DeviceGetRegionInfo, &[], |b| RegionInfoMsg::encode_request(index, argsz, b))?;
-            let m = RegionInfoMsg::decode_reply(&p).map_err(|e| bad(Command::DeviceGetRegionInfo, e))?;
+            let (p, mut fds) = self.request(Command::DeviceGetRegionInfo, &[], |b| {
+                RegionInfoMsg::encode_request(index, argsz, b)
+            })?;
+            let m = RegionInfoMsg::decode_reply(&p)
+                .map_err(|e| bad(Command::DeviceGetRegionInfo, e))?;
             if m.index != index {
-                return Err(ClientError::BadReply { cmd: Command::DeviceGetRegionInfo.name(), reason: "index mismatch".into() });
+                return Err(ClientError::BadReply {
+                    cmd: Command::DeviceGetRegionInfo.name(),
+                    reason: "index mismatch".into(),
+                });
             }
             if m.argsz > argsz && m.argsz as usize <= 1 << 16 {
                 argsz = m.argsz;
                 continue;
             }
-            let fd = if fds.is_empty() { None } else { Some(fds.swap_remove(0)) };
+            let fd = if fds.is_empty() {
+                None
+            } else {
+                Some(fds.swap_remove(0))
+            };
             let desc = RegionDesc {
                 index,
                 flags: m.flags,
                 size: m.size,
                 file_offset: m.offset,
-                sparse: m.sparse.iter().map(|a| SparseArea { offset: a.offset, size: a.size }).collect(),
+                sparse: m
+                    .sparse
+                    .iter()
+                    .map(|a| SparseArea {
+                        offset: a.offset,
+                        size: a.size,
+                    })
+                    .collect(),
                 has_fd: fd.is_some(),
             };
             return Ok((desc, fd));
         }
-        Err(ClientError::BadReply { cmd: Command::DeviceGetRegionInfo.name(), reason: "argsz keeps growing".into() })
+        Err(ClientError::BadReply {
+            cmd: Command::DeviceGetRegionInfo.name(),
+            reason: "argsz keeps growing".into(),
+        })
     }
 
     /// DEVICE_GET_IRQ_INFO.
     pub fn get_irq_info(&mut self, index: u32) -> Result<IrqInfo> {
         let (p, _) = self.request(Command::DeviceGetIrqInfo, &[], |b| {
-            IrqInfoMsg { argsz: IrqInfoMsg::SIZE as u32, index, ..Default::default() }.encode(b)
+            IrqInfoMsg {
+                argsz: IrqInfoMsg::SIZE as u32,
+                index,
+                ..Default::default()
+            }
+            .encode(b)
         })?;
         let m = IrqInfoMsg::decode_reply(&p).map_err(|e| bad(Command::DeviceGetIrqInfo, e))?;
-        Ok(IrqInfo { flags: m.flags, count: m.count })
+        Ok(IrqInfo {
+            flags: m.flags,
+            count: m.count,
+        })
     }
 
     /// DEVICE_GET_REGION_IO_FDS: the region's ioeventfds with their fds.
     pub fn get_region_io_fds(&mut self, index: u32) -> Result<Vec<(IoFdEntry, OwnedFd)>> {
         let mut argsz = RegionIoFdsMsg::FIXED as u32;
         for _ in 0..2 {
-            let (p, fds) = self.request(Command::DeviceGetRegionIoFds, &[], |b| RegionIoFdsMsg::encode_request(index, argsz, b))?;
-            let m = RegionIoFdsMsg::decode_reply(&p).map_err(|e| bad(Command::DeviceGetRegionIoFds, e))?;
+            let (p, fds) = self.request(Command::DeviceGetRegionIoFds, &[], |b| {
+                RegionIoFdsMsg::encode_request(index, argsz, b)
+            })?;
+            let m = RegionIoFdsMsg::decode_reply(&p)
+                .map_err(|e| bad(Command::DeviceGetRegionIoFds, e))?;
             if m.entries.is_empty() && m.count > 0 && m.argsz > argsz {
                 argsz = m.argsz;
                 continue;
@@ -591,7 +729,10 @@ impl Client {
                 let fd = slots
                     .get(e.fd_index as usize)
                     .and_then(|s| s.as_ref())
-                    .ok_or_else(|| ClientError::BadReply { cmd: Command::DeviceGetRegionIoFds.name(), reason: "fd_index without an fd".into() })?
+                    .ok_or_else(|| ClientError::BadReply {
+                        cmd: Command::DeviceGetRegionIoFds.name(),
+                        reason: "fd_index without an fd".into(),
+                    })?
                     .try_clone()
                     .map_err(|e| ClientError::Memory(e.to_string()))?;
                 out.push((e, fd));
@@ -599,19 +740,31 @@ impl Client {
             slots.clear();
             return Ok(out);
         }
-        Err(ClientError::BadReply { cmd: Command::DeviceGetRegionIoFds.name(), reason: "argsz keeps growing".into() })
+        Err(ClientError::BadReply {
+            cmd: Command::DeviceGetRegionIoFds.name(),
+            reason: "argsz keeps growing".into(),
+        })
     }
 
     // ----- regions ------------------------------------------------------------------------------
 
     fn check_access(&self, index: u32, offset: u64, len: usize, write: bool) -> Result<()> {
-        let r = self.region(index).ok_or_else(|| ClientError::Invalid(format!("no region {index}")))?;
-        let end = offset.checked_add(len as u64).ok_or_else(|| ClientError::Invalid("offset overflows".into()))?;
+        let r = self
+            .region(index)
+            .ok_or_else(|| ClientError::Invalid(format!("no region {index}")))?;
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or_else(|| ClientError::Invalid("offset overflows".into()))?;
         if end > r.size {
-            return Err(ClientError::Invalid(format!("access {offset:#x}+{len} past the end of region {index} ({:#x})", r.size)));
+            return Err(ClientError::Invalid(format!(
+                "access {offset:#x}+{len} past the end of region {index} ({:#x})",
+                r.size
+            )));
         }
         if (write && !r.writable()) || (!write && !r.readable()) {
-            return Err(ClientError::Invalid(format!("region {index} does not allow this access")));
+            return Err(ClientError::Invalid(format!(
+                "region {index} does not allow this access"
+            )));
         }
         Ok(())
     }
@@ -619,18 +772,38 @@ impl Client {
     /// mmaps every mappable area of region `index`; later reads/writes inside them go direct.
     /// Returns the number of areas mapped (0 if the region is not mappable).
     pub fn map_region(&mut self, index: u32) -> Result<usize> {
-        let r = self.region(index).cloned().ok_or_else(|| ClientError::Invalid(format!("no region {index}")))?;
-        let Some(fd) = self.region_fds.get(&index) else { return Ok(0) };
-        let prot = if r.writable() { DmaProt::RW } else { DmaProt::READ };
+        let r = self
+            .region(index)
+            .cloned()
+            .ok_or_else(|| ClientError::Invalid(format!("no region {index}")))?;
+        let Some(fd) = self.region_fds.get(&index) else {
+            return Ok(0);
+        };
+        let prot = if r.writable() {
+            DmaProt::RW
+        } else {
+            DmaProt::READ
+        };
         let mut areas = Vec::new();
         for a in r.mmap_areas() {
             let end = a.offset.checked_add(a.size).filter(|&e| e <= r.size);
             if end.is_none() || a.size == 0 {
-                return Err(ClientError::BadReply { cmd: Command::DeviceGetRegionInfo.name(), reason: "sparse area outside the region".into() });
+                return Err(ClientError::BadReply {
+                    cmd: Command::DeviceGetRegionInfo.name(),
+                    reason: "sparse area outside the region".into(),
+                });
             }
-            let off = r.file_offset.checked_add(a.offset).ok_or_else(|| ClientError::Invalid("mmap offset overflows".into()))?;
-            let mem = SharedMemory::map(fd, off, a.size, prot).map_err(|e| ClientError::Memory(format!("mmap region {index}: {e}")))?;
-            areas.push(MappedArea { offset: a.offset, size: a.size, mem });
+            let off = r
+                .file_offset
+                .checked_add(a.offset)
+                .ok_or_else(|| ClientError::Invalid("mmap offset overflows".into()))?;
+            let mem = SharedMemory::map(fd, off, a.size, prot)
+                .map_err(|e| ClientError::Memory(format!("mmap region {index}: {e}")))?;
+            areas.push(MappedArea {
+                offset: a.offset,
+                size: a.size,
+                mem,
+            });
         }
         let n = areas.len();
         self.mapped.insert(index, areas);
@@ -649,7 +822,9 @@ impl Client {
     pub fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_access(index, offset, buf.len(), false)?;
         if let Some((mem, off)) = self.mapped_area(index, offset, buf.len()) {
-            return mem.read_at(off, buf).map_err(|e| ClientError::Memory(e.to_string()));
+            return mem
+                .read_at(off, buf)
+                .map_err(|e| ClientError::Memory(e.to_string()));
         }
         self.region_read_msg(index, offset, buf)
     }
@@ -671,10 +846,21 @@ impl Client {
 
     fn region_read_one(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let count = buf.len() as u32;
-        let (p, _) = self.request(Command::RegionRead, &[], |b| RegionAccess { offset, region: index, count }.encode(b))?;
-        let (h, data) = RegionAccess::decode_read_reply(&p).map_err(|e| bad(Command::RegionRead, e))?;
+        let (p, _) = self.request(Command::RegionRead, &[], |b| {
+            RegionAccess {
+                offset,
+                region: index,
+                count,
+            }
+            .encode(b)
+        })?;
+        let (h, data) =
+            RegionAccess::decode_read_reply(&p).map_err(|e| bad(Command::RegionRead, e))?;
         if h.region != index || h.offset != offset || data.len() != buf.len() {
-            return Err(ClientError::BadReply { cmd: Command::RegionRead.name(), reason: "reply does not match the request".into() });
+            return Err(ClientError::BadReply {
+                cmd: Command::RegionRead.name(),
+                reason: "reply does not match the request".into(),
+            });
         }
         buf.copy_from_slice(data);
         Ok(())
@@ -684,13 +870,21 @@ impl Client {
     pub fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.check_access(index, offset, data.len(), true)?;
         if let Some((mem, off)) = self.mapped_area(index, offset, data.len()) {
-            return mem.write_at(off, data).map_err(|e| ClientError::Memory(e.to_string()));
+            return mem
+                .write_at(off, data)
+                .map_err(|e| ClientError::Memory(e.to_string()));
         }
         self.region_write_msg(index, offset, data, false)
     }
 
     /// Writes by REGION_WRITE messages; `posted` sets NO_REPLY (as QEMU posts MMIO writes).
-    pub fn region_write_msg(&mut self, index: u32, offset: u64, data: &[u8], posted: bool) -> Result<()> {
+    pub fn region_write_msg(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+        posted: bool,
+    ) -> Result<()> {
         let chunk = self.server_caps.max_data_xfer_size().max(1) as usize;
         let mut done = 0;
         loop {
@@ -701,21 +895,39 @@ impl Client {
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1);
                 let mut b = MessageBuilder::command(id, Command::RegionWrite).no_reply(true);
-                RegionAccess { offset: off, region: index, count: n as u32 }.encode(&mut b);
+                RegionAccess {
+                    offset: off,
+                    region: index,
+                    count: n as u32,
+                }
+                .encode(&mut b);
                 b.bytes(part);
                 let bytes = b.finish();
-                self.trace.message(Side::Client, Direction::Send, Channel::Main, &bytes, 0);
+                self.trace
+                    .message(Side::Client, Direction::Send, Channel::Main, &bytes, 0);
                 self.sock
                     .send(&bytes, &[])
-                    .map_err(|source| ClientError::Transport { cmd: Command::RegionWrite.name(), source })?;
+                    .map_err(|source| ClientError::Transport {
+                        cmd: Command::RegionWrite.name(),
+                        source,
+                    })?;
             } else {
                 let (p, _) = self.request(Command::RegionWrite, &[], |b| {
-                    RegionAccess { offset: off, region: index, count: n as u32 }.encode(b);
+                    RegionAccess {
+                        offset: off,
+                        region: index,
+                        count: n as u32,
+                    }
+                    .encode(b);
                     b.bytes(part);
                 })?;
-                let h = RegionAccess::decode_write_reply(&p).map_err(|e| bad(Command::RegionWrite, e))?;
+                let h = RegionAccess::decode_write_reply(&p)
+                    .map_err(|e| bad(Command::RegionWrite, e))?;
                 if h.count as usize != n {
-                    return Err(ClientError::BadReply { cmd: Command::RegionWrite.name(), reason: "short write".into() });
+                    return Err(ClientError::BadReply {
+                        cmd: Command::RegionWrite.name(),
+                        reason: "short write".into(),
+                    });
                 }
             }
             done += n;
@@ -728,21 +940,33 @@ impl Client {
     /// REGION_WRITE_MULTI (the server must have agreed to `write_multiple`).
     pub fn region_write_multi(&mut self, writes: &[(u32, u64, &[u8])]) -> Result<()> {
         if !self.server_caps.write_multiple() {
-            return Err(ClientError::Invalid("server did not agree to write_multiple".into()));
+            return Err(ClientError::Invalid(
+                "server did not agree to write_multiple".into(),
+            ));
         }
         let mut entries = Vec::with_capacity(writes.len());
         for &(region, offset, data) in writes {
             if data.is_empty() || data.len() > 8 {
-                return Err(ClientError::Invalid("each write_multi entry is 1..=8 bytes".into()));
+                return Err(ClientError::Invalid(
+                    "each write_multi entry is 1..=8 bytes".into(),
+                ));
             }
             let mut d = [0u8; 8];
             d[..data.len()].copy_from_slice(data);
-            entries.push(WriteMultiEntry { offset, region, count: data.len() as u32, data: d });
+            entries.push(WriteMultiEntry {
+                offset,
+                region,
+                count: data.len() as u32,
+                data: d,
+            });
         }
         let w = WriteMulti { entries };
         let (p, _) = self.request(Command::RegionWriteMulti, &[], |b| w.encode(b))?;
         if p.len() != 8 || p[..8] != (writes.len() as u64).to_ne_bytes() {
-            return Err(ClientError::BadReply { cmd: Command::RegionWriteMulti.name(), reason: "bad wr_cnt".into() });
+            return Err(ClientError::BadReply {
+                cmd: Command::RegionWriteMulti.name(),
+                reason: "bad wr_cnt".into(),
+            });
         }
         Ok(())
     }
@@ -775,7 +999,12 @@ impl Client {
 
     /// SET_IRQS with DATA_EVENTFD|TRIGGER: binds `fds` to vectors `start..`; an empty slice with
     /// `count` unbinds.
-    pub fn set_irq_eventfds(&mut self, index: u32, start: u32, fds: &[BorrowedFd<'_>]) -> Result<()> {
+    pub fn set_irq_eventfds(
+        &mut self,
+        index: u32,
+        start: u32,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<()> {
         if fds.len() > self.server_caps.max_msg_fds() as usize {
             // Send in chunks the server can receive, as QEMU does.
             let chunk = self.server_caps.max_msg_fds().max(1) as usize;
@@ -784,14 +1013,25 @@ impl Client {
             }
             return Ok(());
         }
-        let s = SetIrqs { argsz: 0, action: IrqAction::Trigger, data: IrqSetData::Eventfd, index, start, count: fds.len() as u32 };
-        self.request(Command::DeviceSetIrqs, fds, |b| s.encode(b)).map(|_| ())
+        let s = SetIrqs {
+            argsz: 0,
+            action: IrqAction::Trigger,
+            data: IrqSetData::Eventfd,
+            index,
+            start,
+            count: fds.len() as u32,
+        };
+        self.request(Command::DeviceSetIrqs, fds, |b| s.encode(b))
+            .map(|_| ())
     }
 
     /// Creates `count` eventfds, binds them to vectors `0..count` of `index`, and returns them.
     pub fn enable_irqs(&mut self, index: u32, count: u32) -> Result<Vec<OwnedFd>> {
         let fds: Vec<OwnedFd> = (0..count)
-            .map(|_| eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| ClientError::Memory(format!("eventfd: {e}"))))
+            .map(|_| {
+                eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                    .map_err(|e| ClientError::Memory(format!("eventfd: {e}")))
+            })
             .collect::<Result<_>>()?;
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         self.set_irq_eventfds(index, 0, &borrowed)?;
@@ -800,62 +1040,132 @@ impl Client {
 
     /// Unbinds `count` vectors from `start` (DATA_EVENTFD with no fds).
     pub fn unbind_irqs(&mut self, index: u32, start: u32, count: u32) -> Result<()> {
-        let s = SetIrqs { argsz: 0, action: IrqAction::Trigger, data: IrqSetData::Eventfd, index, start, count };
-        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b)).map(|_| ())
+        let s = SetIrqs {
+            argsz: 0,
+            action: IrqAction::Trigger,
+            data: IrqSetData::Eventfd,
+            index,
+            start,
+            count,
+        };
+        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b))
+            .map(|_| ())
     }
 
     /// Disables every vector of `index` (count 0, DATA_NONE|TRIGGER).
     pub fn disable_irqs(&mut self, index: u32) -> Result<()> {
-        let s = SetIrqs { argsz: 0, action: IrqAction::Trigger, data: IrqSetData::None, index, start: 0, count: 0 };
-        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b)).map(|_| ())
+        let s = SetIrqs {
+            argsz: 0,
+            action: IrqAction::Trigger,
+            data: IrqSetData::None,
+            index,
+            start: 0,
+            count: 0,
+        };
+        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b))
+            .map(|_| ())
     }
 
     /// Any SET_IRQS without fds (mask, unmask, trigger with NONE or BOOL data).
-    pub fn set_irqs(&mut self, index: u32, action: IrqAction, data: IrqSetData, start: u32, count: u32) -> Result<()> {
-        let s = SetIrqs { argsz: 0, action, data, index, start, count };
-        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b)).map(|_| ())
+    pub fn set_irqs(
+        &mut self,
+        index: u32,
+        action: IrqAction,
+        data: IrqSetData,
+        start: u32,
+        count: u32,
+    ) -> Result<()> {
+        let s = SetIrqs {
+            argsz: 0,
+            action,
+            data,
+            index,
+            start,
+            count,
+        };
+        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b))
+            .map(|_| ())
     }
 
     // ----- DMA ----------------------------------------------------------------------------------
 
     /// DMA_MAP of caller-provided memory: `fd` (mmapped by the server) or none (message DMA).
-    pub fn dma_map(&mut self, iova: u64, size: u64, prot: DmaProt, fd: Option<(BorrowedFd<'_>, u64)>) -> Result<()> {
+    pub fn dma_map(
+        &mut self,
+        iova: u64,
+        size: u64,
+        prot: DmaProt,
+        fd: Option<(BorrowedFd<'_>, u64)>,
+    ) -> Result<()> {
         let (fds, offset): (Vec<BorrowedFd<'_>>, u64) = match fd {
             Some((f, off)) => (vec![f], off),
             None => (Vec::new(), 0),
         };
-        let m = DmaMap { argsz: DmaMap::SIZE as u32, flags: prot.bits(), offset, address: iova, size };
-        self.request(Command::DmaMap, &fds, |b| m.encode(b)).map(|_| ())
+        let m = DmaMap {
+            argsz: DmaMap::SIZE as u32,
+            flags: prot.bits(),
+            offset,
+            address: iova,
+            size,
+        };
+        self.request(Command::DmaMap, &fds, |b| m.encode(b))
+            .map(|_| ())
     }
 
     /// Allocates `size` bytes of memfd-backed memory and DMA-maps it at `iova`; with
     /// `share_fd` false the fd stays here and the server reaches the memory by DMA_READ/WRITE.
     pub fn alloc_dma(&mut self, iova: u64, size: u64, share_fd: bool) -> Result<DmaBuffer> {
-        let (mem, fd) = SharedMemory::memfd("emudev-dma", size).map_err(|e| ClientError::Memory(format!("memfd of {size} bytes: {e}")))?;
+        let (mem, fd) = SharedMemory::memfd("emudev-dma", size)
+            .map_err(|e| ClientError::Memory(format!("memfd of {size} bytes: {e}")))?;
         let mem = Arc::new(mem);
         {
             let mut bufs = self.memory.bufs.lock().unwrap_or_else(|p| p.into_inner());
-            let overlaps = bufs.range(..iova.saturating_add(size)).next_back().is_some_and(|(&s, m)| s + m.len() > iova);
+            let overlaps = bufs
+                .range(..iova.saturating_add(size))
+                .next_back()
+                .is_some_and(|(&s, m)| s + m.len() > iova);
             if overlaps {
-                return Err(ClientError::Invalid(format!("IOVA {iova:#x}+{size:#x} overlaps client memory")));
+                return Err(ClientError::Invalid(format!(
+                    "IOVA {iova:#x}+{size:#x} overlaps client memory"
+                )));
             }
             bufs.insert(iova, mem.clone());
         }
-        let r = if share_fd { self.dma_map(iova, size, DmaProt::RW, Some((fd.as_fd(), 0))) } else { self.dma_map(iova, size, DmaProt::RW, None) };
+        let r = if share_fd {
+            self.dma_map(iova, size, DmaProt::RW, Some((fd.as_fd(), 0)))
+        } else {
+            self.dma_map(iova, size, DmaProt::RW, None)
+        };
         if let Err(e) = r {
-            self.memory.bufs.lock().unwrap_or_else(|p| p.into_inner()).remove(&iova);
+            self.memory
+                .bufs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&iova);
             return Err(e);
         }
-        Ok(DmaBuffer { iova, mem, shared_fd: share_fd })
+        Ok(DmaBuffer {
+            iova,
+            mem,
+            shared_fd: share_fd,
+        })
     }
 
     /// DMA_UNMAP of one mapping (exact iova and size).
     pub fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
-        let u = DmaUnmap { argsz: DmaUnmap::SIZE as u32, flags: 0, address: iova, size };
+        let u = DmaUnmap {
+            argsz: DmaUnmap::SIZE as u32,
+            flags: 0,
+            address: iova,
+            size,
+        };
         let (p, _) = self.request(Command::DmaUnmap, &[], |b| u.encode(b))?;
         let r = DmaUnmap::decode_reply(&p).map_err(|e| bad(Command::DmaUnmap, e))?;
         if r.address != iova || r.size != size {
-            return Err(ClientError::BadReply { cmd: Command::DmaUnmap.name(), reason: "reply does not echo the request".into() });
+            return Err(ClientError::BadReply {
+                cmd: Command::DmaUnmap.name(),
+                reason: "reply does not echo the request".into(),
+            });
         }
         let mut bufs = self.memory.bufs.lock().unwrap_or_else(|p| p.into_inner());
         if bufs.get(&iova).is_some_and(|m| m.len() == size) {
@@ -866,9 +1176,18 @@ impl Client {
 
     /// DMA_UNMAP with the ALL flag.
     pub fn dma_unmap_all(&mut self) -> Result<()> {
-        let u = DmaUnmap { argsz: DmaUnmap::SIZE as u32, flags: wire::DMA_UNMAP_FLAG_ALL, address: 0, size: 0 };
+        let u = DmaUnmap {
+            argsz: DmaUnmap::SIZE as u32,
+            flags: wire::DMA_UNMAP_FLAG_ALL,
+            address: 0,
+            size: 0,
+        };
         self.request(Command::DmaUnmap, &[], |b| u.encode(b))?;
-        self.memory.bufs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.memory
+            .bufs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -881,7 +1200,11 @@ impl Client {
 
     /// DEVICE_FEATURE: returns the reply's flags and data.
     pub fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let m = DeviceFeatureMsg { argsz: (DeviceFeatureMsg::FIXED + data.len().max(64)) as u32, flags, data: data.to_vec() };
+        let m = DeviceFeatureMsg {
+            argsz: (DeviceFeatureMsg::FIXED + data.len().max(64)) as u32,
+            flags,
+            data: data.to_vec(),
+        };
         let (p, _) = self.request(Command::DeviceFeature, &[], |b| m.encode(b))?;
         let r = DeviceFeatureMsg::decode_reply(&p).map_err(|e| bad(Command::DeviceFeature, e))?;
         Ok((r.flags, r.data))
@@ -889,28 +1212,56 @@ impl Client {
 
     /// MIG_DATA_READ of up to `size` bytes.
     pub fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>> {
-        let (p, _) = self.request(Command::MigDataRead, &[], |b| MigData { argsz: MigData::FIXED as u32 + size, size, data: Vec::new() }.encode(b))?;
-        Ok(MigData::decode_with_data(&p).map_err(|e| bad(Command::MigDataRead, e))?.data)
+        let (p, _) = self.request(Command::MigDataRead, &[], |b| {
+            MigData {
+                argsz: MigData::FIXED as u32 + size,
+                size,
+                data: Vec::new(),
+            }
+            .encode(b)
+        })?;
+        Ok(MigData::decode_with_data(&p)
+            .map_err(|e| bad(Command::MigDataRead, e))?
+            .data)
     }
 
     /// MIG_DATA_WRITE.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<()> {
-        let m = MigData { argsz: (MigData::FIXED + data.len()) as u32, size: data.len() as u32, data: data.to_vec() };
-        self.request(Command::MigDataWrite, &[], |b| m.encode(b)).map(|_| ())
+        let m = MigData {
+            argsz: (MigData::FIXED + data.len()) as u32,
+            size: data.len() as u32,
+            data: data.to_vec(),
+        };
+        self.request(Command::MigDataWrite, &[], |b| m.encode(b))
+            .map(|_| ())
     }
 
     /// Sends raw bytes (a whole message, possibly malformed) and returns the next message the
     /// server sends back. For conformance tests of servers.
     pub fn raw_exchange(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<RawMessage> {
-        self.trace.message(Side::Client, Direction::Send, Channel::Main, bytes, fds.len());
-        self.sock.send(bytes, fds).map_err(|source| ClientError::Transport { cmd: "raw", source })?;
+        self.trace.message(
+            Side::Client,
+            Direction::Send,
+            Channel::Main,
+            bytes,
+            fds.len(),
+        );
+        self.sock
+            .send(bytes, fds)
+            .map_err(|source| ClientError::Transport { cmd: "raw", source })?;
         let r = self.sock.recv(self.limits);
         self.trace.received(Side::Client, Channel::Main, &r);
         match r {
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(ClientError::Transport { cmd: "raw", source: io::Error::from(io::ErrorKind::UnexpectedEof) }),
+            Ok(None) => Err(ClientError::Transport {
+                cmd: "raw",
+                source: io::Error::from(io::ErrorKind::UnexpectedEof),
+            }),
             Err(RecvError::Io(source)) => Err(ClientError::Transport { cmd: "raw", source }),
-            Err(e) => Err(ClientError::BadReply { cmd: "raw", reason: e.to_string() }),
+            Err(e) => Err(ClientError::BadReply {
+                cmd: "raw",
+                reason: e.to_string(),
+            }),
         }
     }
 

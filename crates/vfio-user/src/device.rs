@@ -58,7 +58,11 @@ pub struct RegionInfo {
 impl RegionInfo {
     /// An absent region (size 0, no flags).
     pub fn absent() -> Self {
-        RegionInfo { flags: 0, size: 0, mmap: None }
+        RegionInfo {
+            flags: 0,
+            size: 0,
+            mmap: None,
+        }
     }
 }
 
@@ -113,12 +117,22 @@ pub trait Device: Send {
     fn irq_info(&self, index: u32) -> Option<IrqInfo>;
 
     /// `REGION_READ`: fill `data` from region `index` at `offset`.
-    fn region_read(&mut self, ctx: &DeviceContext, index: u32, offset: u64, data: &mut [u8])
-        -> Result<(), Errno>;
+    fn region_read(
+        &mut self,
+        ctx: &DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), Errno>;
 
     /// `REGION_WRITE` (and each entry of `REGION_WRITE_MULTI`).
-    fn region_write(&mut self, ctx: &DeviceContext, index: u32, offset: u64, data: &[u8])
-        -> Result<(), Errno>;
+    fn region_write(
+        &mut self,
+        ctx: &DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno>;
 
     /// `DEVICE_RESET`. (A disconnect does not reset the device: see `client_disconnected`.)
     fn reset(&mut self, _ctx: &DeviceContext) -> Result<(), Errno> {
@@ -148,8 +162,12 @@ pub trait Device: Send {
 
     /// `DEVICE_FEATURE`: `flags` as sent (feature index and GET/SET/PROBE bits), `data` the
     /// payload after the 8-byte header; returns the reply payload after the header.
-    fn device_feature(&mut self, _ctx: &DeviceContext, _flags: u32, _data: &[u8])
-        -> Result<Vec<u8>, Errno> {
+    fn device_feature(
+        &mut self,
+        _ctx: &DeviceContext,
+        _flags: u32,
+        _data: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
         Err(Errno::NOTSUP)
     }
 

@@ -19,8 +19,8 @@ pub mod trace;
 pub mod transport;
 pub mod wire;
 
-pub use emudev_dma::DmaMapInfo;
 pub use device::{
     Device, DeviceContext, DeviceInfo, Errno, IoEventFd, IrqInfo, RegionInfo, RegionMmap,
     SparseArea,
 };
+pub use emudev_dma::DmaMapInfo;

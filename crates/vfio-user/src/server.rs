@@ -84,7 +84,10 @@ impl ServerConfig {
         // The largest legal message: REGION_WRITE of max_data_xfer_size, or a full WRITE_MULTI.
         let data = self.max_data_xfer_size as usize + HEADER_SIZE + RegionAccess::SIZE;
         let multi = HEADER_SIZE + 8 + WriteMulti::MAX_ENTRIES as usize * WriteMulti::ENTRY;
-        RecvLimits { max_msg_size: data.max(multi), max_fds: self.max_msg_fds as usize }
+        RecvLimits {
+            max_msg_size: data.max(multi),
+            max_fds: self.max_msg_fds as usize,
+        }
     }
 }
 
@@ -155,7 +158,9 @@ pub struct ServerHandle {
 
 impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle").field("stopping", &self.shared.stopping).finish()
+        f.debug_struct("ServerHandle")
+            .field("stopping", &self.shared.stopping)
+            .finish()
     }
 }
 
@@ -210,39 +215,61 @@ pub struct Server<D: Device> {
 
 impl<D: Device> std::fmt::Debug for Server<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("path", &self.path).field("config", &self.config).finish()
+        f.debug_struct("Server")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl<D: Device + 'static> Server<D> {
     /// Listens on `path` (mode 0600). A stale socket (nobody listening) is removed; a live one,
     /// or anything that is not a socket, is left alone and reported.
-    pub fn bind(path: impl AsRef<Path>, device: D, config: ServerConfig) -> Result<Self, ServerBindError> {
+    pub fn bind(
+        path: impl AsRef<Path>,
+        device: D,
+        config: ServerConfig,
+    ) -> Result<Self, ServerBindError> {
         let path = path.as_ref().to_path_buf();
         match fs::symlink_metadata(&path) {
             Ok(md) if md.file_type().is_socket() => {
                 if UnixStream::connect(&path).is_ok() {
                     return Err(ServerBindError::InUse(path));
                 }
-                fs::remove_file(&path).map_err(|source| ServerBindError::Listen { path: path.clone(), source })?;
+                fs::remove_file(&path).map_err(|source| ServerBindError::Listen {
+                    path: path.clone(),
+                    source,
+                })?;
             }
             Ok(_) => return Err(ServerBindError::NotASocket(path)),
             Err(_) => {}
         }
-        let listener = UnixListener::bind(&path).map_err(|source| ServerBindError::Listen { path: path.clone(), source })?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(|source| ServerBindError::Listen { path: path.clone(), source })?;
+        let listener = UnixListener::bind(&path).map_err(|source| ServerBindError::Listen {
+            path: path.clone(),
+            source,
+        })?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            ServerBindError::Listen {
+                path: path.clone(),
+                source,
+            }
+        })?;
         let stop_fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| ServerBindError::StopFd(e.into()))?;
 
         let info = device.info();
-        let counts: Vec<u32> = (0..info.num_irqs).map(|i| device.irq_info(i).map_or(0, |q| q.count)).collect();
+        let counts: Vec<u32> = (0..info.num_irqs)
+            .map(|i| device.irq_info(i).map_or(0, |q| q.count))
+            .collect();
         let dma = DmaTable::new(DmaLimits {
             max_maps: config.max_dma_maps as usize,
             page_size: config.pgsizes & config.pgsizes.wrapping_neg(),
             ..DmaLimits::default()
         });
-        let ctx = DeviceContext { dma: Arc::new(dma), irqs: Arc::new(IrqTable::new(&counts)) };
+        let ctx = DeviceContext {
+            dma: Arc::new(dma),
+            irqs: Arc::new(IrqTable::new(&counts)),
+        };
         let trace = config.trace.clone().unwrap_or_default();
         Ok(Server {
             listener,
@@ -277,7 +304,9 @@ impl<D: Device + 'static> Server<D> {
 
     /// A handle to stop the server and read its counters.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { shared: self.shared.clone() }
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Serves clients one after another until [`ServerHandle::stop`].
@@ -293,8 +322,15 @@ impl<D: Device + 'static> Server<D> {
         let handle = self.handle();
         let device = self.device.clone();
         let ctx = self.ctx.clone();
-        let join = thread::Builder::new().name("vfio-user-server".into()).spawn(move || self.run())?;
-        Ok(RunningServer { handle, device, ctx, join: Some(join) })
+        let join = thread::Builder::new()
+            .name("vfio-user-server".into())
+            .spawn(move || self.run())?;
+        Ok(RunningServer {
+            handle,
+            device,
+            ctx,
+            join: Some(join),
+        })
     }
 
     /// Waits for the next client; `None` once stopped.
@@ -370,7 +406,9 @@ pub struct RunningServer<D: Device> {
 
 impl<D: Device> std::fmt::Debug for RunningServer<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningServer").field("handle", &self.handle).finish()
+        f.debug_struct("RunningServer")
+            .field("handle", &self.handle)
+            .finish()
     }
 }
 
@@ -394,7 +432,9 @@ impl<D: Device> RunningServer<D> {
     fn stop_inner(&mut self) -> io::Result<()> {
         self.handle.stop();
         match self.join.take() {
-            Some(j) => j.join().map_err(|_| io::Error::other("server thread panicked"))?,
+            Some(j) => j
+                .join()
+                .map_err(|_| io::Error::other("server thread panicked"))?,
             None => Ok(()),
         }
     }
@@ -429,7 +469,10 @@ struct Outbound {
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbound").field("twin", &self.twin.is_some()).field("max_xfer", &self.max_xfer).finish()
+        f.debug_struct("Outbound")
+            .field("twin", &self.twin.is_some())
+            .field("max_xfer", &self.max_xfer)
+            .finish()
     }
 }
 
@@ -440,17 +483,28 @@ impl Outbound {
     }
 
     /// One request/reply exchange; returns the reply's payload.
-    fn exchange(&self, cmd: Command, build: impl FnOnce(&mut MessageBuilder)) -> io::Result<Vec<u8>> {
+    fn exchange(
+        &self,
+        cmd: Command,
+        build: impl FnOnce(&mut MessageBuilder),
+    ) -> io::Result<Vec<u8>> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(io::Error::from(io::ErrorKind::NotConnected));
         }
-        self.stats.stats.dma_requests.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .stats
+            .dma_requests
+            .fetch_add(1, Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut b = MessageBuilder::command(id, cmd);
         build(&mut b);
         let msg = b.finish();
         let trace = &self.stats.trace;
-        let channel = if self.twin.is_some() { Channel::Twin } else { Channel::Main };
+        let channel = if self.twin.is_some() {
+            Channel::Twin
+        } else {
+            Channel::Main
+        };
         trace.message(Side::Server, Direction::Send, channel, &msg, 0);
         let reply = if let Some(twin) = &self.twin {
             let s = lock(twin);
@@ -458,8 +512,11 @@ impl Outbound {
             loop {
                 let r = s.recv(self.limits);
                 trace.received(Side::Server, Channel::Twin, &r);
-                let r = r.map_err(recv_to_io)?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-                let h = Header::decode(&r.bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let r = r
+                    .map_err(recv_to_io)?
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                let h = Header::decode(&r.bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 if h.is_reply() && h.msg_id == id {
                     break r;
                 }
@@ -478,7 +535,10 @@ impl Outbound {
             let deadline = std::time::Instant::now() + self.timeout;
             loop {
                 if let Some(Some(_)) = map.get(&id) {
-                    break map.remove(&id).flatten().ok_or_else(|| io::Error::other("reply vanished"))?;
+                    break map
+                        .remove(&id)
+                        .flatten()
+                        .ok_or_else(|| io::Error::other("reply vanished"))?;
                 }
                 if self.closed.load(Ordering::SeqCst) {
                     map.remove(&id);
@@ -489,15 +549,27 @@ impl Outbound {
                     map.remove(&id);
                     return Err(io::Error::from(io::ErrorKind::TimedOut));
                 }
-                map = self.replies_cv.wait_timeout(map, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+                map = self
+                    .replies_cv
+                    .wait_timeout(map, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
         };
-        let h = Header::decode(&reply.bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let h = Header::decode(&reply.bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if h.command != cmd as u16 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "reply for another command"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply for another command",
+            ));
         }
         if h.is_error() {
-            let e = if h.error_no == 0 || h.error_no > 4096 { Errno::INVAL.raw_os_error() } else { h.error_no as i32 };
+            let e = if h.error_no == 0 || h.error_no > 4096 {
+                Errno::INVAL.raw_os_error()
+            } else {
+                h.error_no as i32
+            };
             return Err(io::Error::from_raw_os_error(e));
         }
         let mut bytes = reply.bytes;
@@ -519,7 +591,9 @@ impl Outbound {
             };
             match Header::decode(&r.bytes) {
                 Ok(h) if h.is_reply() && h.msg_id == id => break Ok(r),
-                Ok(h) if h.is_reply() => log::warn!("unexpected reply id {} while waiting for {id}", h.msg_id),
+                Ok(h) if h.is_reply() => {
+                    log::warn!("unexpected reply id {} while waiting for {id}", h.msg_id)
+                }
                 _ => lock(&self.backlog).push_back(r),
             }
         };
@@ -559,11 +633,24 @@ impl RemoteDma for Outbound {
         let mut done = 0usize;
         while done < buf.len() {
             let n = (buf.len() - done).min(self.max_xfer as usize);
-            let addr = iova.raw().checked_add(done as u64).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-            let p = self.exchange(Command::DmaRead, |b| DmaAccess { address: addr, count: n as u64 }.encode(b))?;
-            let (h, data) = DmaAccess::decode_read_reply(&p).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let addr = iova
+                .raw()
+                .checked_add(done as u64)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let p = self.exchange(Command::DmaRead, |b| {
+                DmaAccess {
+                    address: addr,
+                    count: n as u64,
+                }
+                .encode(b)
+            })?;
+            let (h, data) = DmaAccess::decode_read_reply(&p)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             if h.address != addr || data.len() != n {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "DMA_READ reply does not match the request"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "DMA_READ reply does not match the request",
+                ));
             }
             buf[done..done + n].copy_from_slice(data);
             done += n;
@@ -575,13 +662,21 @@ impl RemoteDma for Outbound {
         let mut done = 0usize;
         while done < data.len() {
             let n = (data.len() - done).min(self.max_xfer as usize);
-            let addr = iova.raw().checked_add(done as u64).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let addr = iova
+                .raw()
+                .checked_add(done as u64)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
             let chunk = &data[done..done + n];
             let p = self.exchange(Command::DmaWrite, |b| {
-                DmaAccess { address: addr, count: n as u64 }.encode(b);
+                DmaAccess {
+                    address: addr,
+                    count: n as u64,
+                }
+                .encode(b);
                 b.bytes(chunk);
             })?;
-            DmaAccess::decode_write_reply(&p).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            DmaAccess::decode_write_reply(&p)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             done += n;
         }
         Ok(())
@@ -617,7 +712,13 @@ struct Session<'s, D: Device> {
 
 impl<'s, D: Device + 'static> Session<'s, D> {
     fn new(server: &'s Server<D>, sock: MessageSocket) -> io::Result<Self> {
-        Ok(Session { server, sock, negotiated: None, out: None, limits: server.config.recv_limits() })
+        Ok(Session {
+            server,
+            sock,
+            negotiated: None,
+            out: None,
+            limits: server.config.recv_limits(),
+        })
     }
 
     fn stats(&self) -> &ServerStats {
@@ -635,7 +736,10 @@ impl<'s, D: Device + 'static> Session<'s, D> {
             return None;
         }
         let r = self.sock.recv(self.limits);
-        self.server.shared.trace.received(Side::Server, Channel::Main, &r);
+        self.server
+            .shared
+            .trace
+            .received(Side::Server, Channel::Main, &r);
         r.transpose()
     }
 
@@ -678,7 +782,9 @@ impl<'s, D: Device + 'static> Session<'s, D> {
     /// An error reply built from raw header bytes (of a message we could not fully decode).
     fn reply_error_raw(&self, header: &[u8], errno: Errno) {
         self.stats().errors.fetch_add(1, Ordering::Relaxed);
-        let Ok(h) = Header::decode(header) else { return };
+        let Ok(h) = Header::decode(header) else {
+            return;
+        };
         if h.is_reply() {
             return;
         }
@@ -689,7 +795,13 @@ impl<'s, D: Device + 'static> Session<'s, D> {
     }
 
     fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-        self.server.shared.trace.message(Side::Server, Direction::Send, Channel::Main, bytes, fds.len());
+        self.server.shared.trace.message(
+            Side::Server,
+            Direction::Send,
+            Channel::Main,
+            bytes,
+            fds.len(),
+        );
         let r = match &self.out {
             Some(out) => out.send_main(bytes, fds),
             None => self.sock.send(bytes, fds),
@@ -729,7 +841,8 @@ impl<'s, D: Device + 'static> Session<'s, D> {
             Outcome::Reply(b, shared_fds, owned_fds) => {
                 if !h.no_reply() {
                     let bytes = b.finish();
-                    let mut fds: Vec<BorrowedFd<'_>> = shared_fds.iter().map(|f| f.as_fd()).collect();
+                    let mut fds: Vec<BorrowedFd<'_>> =
+                        shared_fds.iter().map(|f| f.as_fd()).collect();
                     fds.extend(owned_fds.iter().map(|f| f.as_fd()));
                     self.send(&bytes, &fds);
                 }
@@ -769,9 +882,17 @@ impl<'s, D: Device + 'static> Session<'s, D> {
         match req {
             Request::Version(_) => Outcome::Error(Errno::INVAL),
             Request::DmaMap(m) => {
-                let Some(prot) = DmaProt::from_bits(m.flags) else { return Outcome::Error(Errno::INVAL) };
+                let Some(prot) = DmaProt::from_bits(m.flags) else {
+                    return Outcome::Error(Errno::INVAL);
+                };
                 let fd = fds.into_iter().next();
-                let req = DmaMapRequest { iova: Iova(m.address), size: m.size, prot, file_offset: m.offset, fd };
+                let req = DmaMapRequest {
+                    iova: Iova(m.address),
+                    size: m.size,
+                    prot,
+                    file_offset: m.offset,
+                    fd,
+                };
                 match ctx.dma.map(req) {
                     Ok(info) => {
                         dev.dma_mapped(ctx, &info);
@@ -796,28 +917,51 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                     }
                 }
                 let mut b = reply();
-                DmaUnmap { argsz: DmaUnmap::SIZE as u32, ..u }.encode(&mut b);
+                DmaUnmap {
+                    argsz: DmaUnmap::SIZE as u32,
+                    ..u
+                }
+                .encode(&mut b);
                 ok(b)
             }
             Request::DeviceGetInfo(_) => {
                 let mut b = reply();
-                DeviceInfoMsg { argsz: DeviceInfoMsg::SIZE as u32, flags: info.flags, num_regions: info.num_regions, num_irqs: info.num_irqs }
-                    .encode(&mut b);
+                DeviceInfoMsg {
+                    argsz: DeviceInfoMsg::SIZE as u32,
+                    flags: info.flags,
+                    num_regions: info.num_regions,
+                    num_irqs: info.num_irqs,
+                }
+                .encode(&mut b);
                 ok(b)
             }
             Request::GetRegionInfo(r) => {
                 if r.index >= info.num_regions {
                     return Outcome::Error(Errno::INVAL);
                 }
-                let Some(ri) = dev.region_info(r.index) else { return Outcome::Error(Errno::INVAL) };
-                let mut msg = RegionInfoMsg { index: r.index, flags: ri.flags, size: ri.size, ..Default::default() };
+                let Some(ri) = dev.region_info(r.index) else {
+                    return Outcome::Error(Errno::INVAL);
+                };
+                let mut msg = RegionInfoMsg {
+                    index: r.index,
+                    flags: ri.flags,
+                    size: ri.size,
+                    ..Default::default()
+                };
                 let mut fds = Vec::new();
                 // A client that cannot receive an fd gets the region as trapped-only.
                 let can_take_fd = neg.client.max_msg_fds() >= 1;
                 if let Some(mm) = ri.mmap.as_ref().filter(|_| ri.size > 0 && can_take_fd) {
                     msg.flags |= vfio::VFIO_REGION_INFO_FLAG_MMAP;
                     msg.offset = mm.file_offset;
-                    msg.sparse = mm.sparse.iter().map(|a| SparseMmapArea { offset: a.offset, size: a.size }).collect();
+                    msg.sparse = mm
+                        .sparse
+                        .iter()
+                        .map(|a| SparseMmapArea {
+                            offset: a.offset,
+                            size: a.size,
+                        })
+                        .collect();
                     if msg.sparse.is_empty() || r.argsz as usize >= msg.full_size() {
                         fds.push(mm.fd.clone());
                     }
@@ -839,10 +983,13 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 let index_of: Vec<u32> = list
                     .iter()
                     .map(|e| {
-                        let i = fds.iter().position(|f| Arc::ptr_eq(f, &e.fd)).unwrap_or_else(|| {
-                            fds.push(e.fd.clone());
-                            fds.len() - 1
-                        });
+                        let i = fds
+                            .iter()
+                            .position(|f| Arc::ptr_eq(f, &e.fd))
+                            .unwrap_or_else(|| {
+                                fds.push(e.fd.clone());
+                                fds.len() - 1
+                            });
                         i as u32
                     })
                     .collect();
@@ -874,16 +1021,26 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 if q.index >= info.num_irqs {
                     return Outcome::Error(Errno::INVAL);
                 }
-                let Some(ii) = dev.irq_info(q.index) else { return Outcome::Error(Errno::INVAL) };
+                let Some(ii) = dev.irq_info(q.index) else {
+                    return Outcome::Error(Errno::INVAL);
+                };
                 let mut b = reply();
-                IrqInfoMsg { argsz: IrqInfoMsg::SIZE as u32, flags: ii.flags, index: q.index, count: ii.count }.encode(&mut b);
+                IrqInfoMsg {
+                    argsz: IrqInfoMsg::SIZE as u32,
+                    flags: ii.flags,
+                    index: q.index,
+                    count: ii.count,
+                }
+                .encode(&mut b);
                 ok(b)
             }
             Request::SetIrqs(s) => {
                 if s.index >= info.num_irqs {
                     return Outcome::Error(Errno::INVAL);
                 }
-                let ii = dev.irq_info(s.index).unwrap_or(IrqInfo { flags: 0, count: 0 });
+                let ii = dev
+                    .irq_info(s.index)
+                    .unwrap_or(IrqInfo { flags: 0, count: 0 });
                 match set_irqs(&ctx.irqs, s.index, ii, &s, fds) {
                     Ok(()) => {
                         dev.irqs_changed(ctx, s.index);
@@ -893,7 +1050,9 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 }
             }
             Request::RegionRead(a) => {
-                if let Err(e) = check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_READ) {
+                if let Err(e) =
+                    check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_READ)
+                {
                     return Outcome::Error(e);
                 }
                 let mut b = reply();
@@ -901,14 +1060,17 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 let start = b.buf().len();
                 b.buf().resize(start + a.count as usize, 0);
                 if a.count > 0 {
-                    if let Err(e) = dev.region_read(ctx, a.region, a.offset, &mut b.buf()[start..]) {
+                    if let Err(e) = dev.region_read(ctx, a.region, a.offset, &mut b.buf()[start..])
+                    {
                         return Outcome::Error(e);
                     }
                 }
                 ok(b)
             }
             Request::RegionWrite(a, data) => {
-                if let Err(e) = check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE) {
+                if let Err(e) =
+                    check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE)
+                {
                     return Outcome::Error(e);
                 }
                 if a.count > 0 {
@@ -929,13 +1091,21 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                     return Outcome::Error(Errno::INVAL);
                 }
                 for e in &w.entries {
-                    let a = RegionAccess { offset: e.offset, region: e.region, count: e.count };
-                    if let Err(err) = check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE) {
+                    let a = RegionAccess {
+                        offset: e.offset,
+                        region: e.region,
+                        count: e.count,
+                    };
+                    if let Err(err) =
+                        check_access(&neg.regions, a, max_xfer, vfio::VFIO_REGION_INFO_FLAG_WRITE)
+                    {
                         return Outcome::Error(err);
                     }
                 }
                 for e in &w.entries {
-                    if let Err(err) = dev.region_write(ctx, e.region, e.offset, &e.data[..e.count as usize]) {
+                    if let Err(err) =
+                        dev.region_write(ctx, e.region, e.offset, &e.data[..e.count as usize])
+                    {
                         return Outcome::Error(err);
                     }
                 }
@@ -946,11 +1116,18 @@ impl<'s, D: Device + 'static> Session<'s, D> {
             Request::DeviceFeature(f) => match dev.device_feature(ctx, f.flags, &f.data) {
                 Ok(data) => {
                     let argsz = (DeviceFeatureMsg::FIXED + data.len()) as u32;
-                    if data.len() > max_xfer as usize || (f.argsz < argsz && f.flags & vfio::VFIO_DEVICE_FEATURE_GET != 0) {
+                    if data.len() > max_xfer as usize
+                        || (f.argsz < argsz && f.flags & vfio::VFIO_DEVICE_FEATURE_GET != 0)
+                    {
                         return Outcome::Error(Errno::INVAL);
                     }
                     let mut b = reply();
-                    DeviceFeatureMsg { argsz, flags: f.flags, data }.encode(&mut b);
+                    DeviceFeatureMsg {
+                        argsz,
+                        flags: f.flags,
+                        data,
+                    }
+                    .encode(&mut b);
                     ok(b)
                 }
                 Err(e) => Outcome::Error(e),
@@ -962,7 +1139,12 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                 match dev.mig_data_read(ctx, m.size) {
                     Ok(data) if data.len() <= m.size as usize => {
                         let mut b = reply();
-                        MigData { argsz: (MigData::FIXED + data.len()) as u32, size: data.len() as u32, data }.encode(&mut b);
+                        MigData {
+                            argsz: (MigData::FIXED + data.len()) as u32,
+                            size: data.len() as u32,
+                            data,
+                        }
+                        .encode(&mut b);
                         ok(b)
                     }
                     Ok(_) => Outcome::Error(Errno::INVAL),
@@ -990,7 +1172,10 @@ impl<'s, D: Device + 'static> Session<'s, D> {
             pgsizes: Some(cfg.pgsizes),
             twin_socket: None,
             write_multiple: (cfg.write_multiple && client.write_multiple()).then_some(true),
-            migration: client.migration.map(|_| MigrationCap { pgsize: Some(cfg.pgsizes), max_bitmap_size: None }),
+            migration: client.migration.map(|_| MigrationCap {
+                pgsize: Some(cfg.pgsizes),
+                max_bitmap_size: None,
+            }),
         };
         let mut owned = Vec::new();
         let mut twin_sock = None;
@@ -1001,7 +1186,10 @@ impl<'s, D: Device + 'static> Session<'s, D> {
                     if let Err(e) = ours.set_read_timeout(Some(cfg.dma_timeout)) {
                         log::warn!("twin socket timeout: {e}");
                     }
-                    caps.twin_socket = Some(TwinSocketCap { supported: true, fd_index: Some(0) });
+                    caps.twin_socket = Some(TwinSocketCap {
+                        supported: true,
+                        fd_index: Some(0),
+                    });
                     owned.push(OwnedFd::from(theirs));
                     twin_sock = Some(ours);
                 }
@@ -1022,20 +1210,32 @@ impl<'s, D: Device + 'static> Session<'s, D> {
             backlog: Mutex::new(VecDeque::new()),
             server_thread: thread::current().id(),
             closed: AtomicBool::new(false),
-            max_xfer: client.max_data_xfer_size().clamp(1, cfg.max_data_xfer_size.max(4096)),
+            max_xfer: client
+                .max_data_xfer_size()
+                .clamp(1, cfg.max_data_xfer_size.max(4096)),
             limits: self.limits,
             timeout: cfg.dma_timeout,
             stats: self.server.shared.clone(),
         });
-        self.server.ctx.dma.set_remote(Some(out.clone() as Arc<dyn RemoteDma>));
+        self.server
+            .ctx
+            .dma
+            .set_remote(Some(out.clone() as Arc<dyn RemoteDma>));
         self.out = Some(out);
         let regions = {
             let dev = lock(&self.server.device);
-            (0..dev.info().num_regions.min(1024)).map(|i| dev.region_info(i).map(|r| (r.flags, r.size))).collect()
+            (0..dev.info().num_regions.min(1024))
+                .map(|i| dev.region_info(i).map(|r| (r.flags, r.size)))
+                .collect()
         };
         self.negotiated = Some(Negotiated { client, regions });
         let mut b = MessageBuilder::reply(h.msg_id, h.command);
-        Version { major: 0, minor: v.minor.min(SERVER_MINOR), caps: Some(caps) }.encode(&mut b);
+        Version {
+            major: 0,
+            minor: v.minor.min(SERVER_MINOR),
+            caps: Some(caps),
+        }
+        .encode(&mut b);
         lock(&self.server.device).client_connected(&self.server.ctx);
         Outcome::Reply(b, Vec::new(), owned)
     }
@@ -1059,11 +1259,20 @@ impl<'s, D: Device + 'static> Session<'s, D> {
 }
 
 /// Checks a region access against the device's region table and the transfer limit.
-fn check_access(regions: &[Option<(u32, u64)>], a: RegionAccess, max_xfer: u64, need: u32) -> Result<(), Errno> {
+fn check_access(
+    regions: &[Option<(u32, u64)>],
+    a: RegionAccess,
+    max_xfer: u64,
+    need: u32,
+) -> Result<(), Errno> {
     if a.count as u64 > max_xfer {
         return Err(Errno::INVAL);
     }
-    let (flags, size) = regions.get(a.region as usize).copied().flatten().ok_or(Errno::INVAL)?;
+    let (flags, size) = regions
+        .get(a.region as usize)
+        .copied()
+        .flatten()
+        .ok_or(Errno::INVAL)?;
     let end = a.offset.checked_add(a.count as u64).ok_or(Errno::INVAL)?;
     if end > size || flags & need == 0 {
         return Err(Errno::INVAL);
@@ -1072,8 +1281,15 @@ fn check_access(regions: &[Option<(u32, u64)>], a: RegionAccess, max_xfer: u64, 
 }
 
 /// Applies a checked SET_IRQS to the IRQ table.
-fn set_irqs(irqs: &IrqTable, index: u32, ii: IrqInfo, s: &SetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
-    let is_err_or_req = index == vfio::VFIO_PCI_ERR_IRQ_INDEX || index == vfio::VFIO_PCI_REQ_IRQ_INDEX;
+fn set_irqs(
+    irqs: &IrqTable,
+    index: u32,
+    ii: IrqInfo,
+    s: &SetIrqs,
+    fds: Vec<OwnedFd>,
+) -> Result<(), Errno> {
+    let is_err_or_req =
+        index == vfio::VFIO_PCI_ERR_IRQ_INDEX || index == vfio::VFIO_PCI_REQ_IRQ_INDEX;
     if is_err_or_req && (s.action != IrqAction::Trigger || s.count > 1) {
         return Err(Errno::INVAL);
     }

@@ -13,7 +13,7 @@
 use std::mem::{offset_of, size_of};
 
 use serde::{Deserialize, Serialize};
-use vfio_bindings::bindings::vfio as vfio;
+use vfio_bindings::bindings::vfio;
 
 use crate::device::Errno;
 
@@ -272,14 +272,22 @@ fn rd_u64(b: &[u8], off: usize) -> u64 {
 
 fn need(what: &'static str, p: &[u8], len: usize, expected: &'static str) -> Result<()> {
     if p.len() < len {
-        return Err(DecodeError::PayloadSize { what, got: p.len(), expected });
+        return Err(DecodeError::PayloadSize {
+            what,
+            got: p.len(),
+            expected,
+        });
     }
     Ok(())
 }
 
 fn exact(what: &'static str, p: &[u8], len: usize, expected: &'static str) -> Result<()> {
     if p.len() != len {
-        return Err(DecodeError::PayloadSize { what, got: p.len(), expected });
+        return Err(DecodeError::PayloadSize {
+            what,
+            got: p.len(),
+            expected,
+        });
     }
     Ok(())
 }
@@ -418,7 +426,16 @@ impl MessageBuilder {
     pub fn with_flags(msg_id: u16, command: u16, flags: u32) -> Self {
         let mut buf = Vec::with_capacity(64);
         buf.resize(HEADER_SIZE, 0);
-        MessageBuilder { buf, header: Header { msg_id, command, msg_size: 0, flags, error_no: 0 } }
+        MessageBuilder {
+            buf,
+            header: Header {
+                msg_id,
+                command,
+                msg_size: 0,
+                flags,
+                error_no: 0,
+            },
+        }
     }
 
     /// Sets NO_REPLY (commands only).
@@ -531,7 +548,8 @@ impl Capabilities {
     }
     /// Effective `max_data_xfer_size`.
     pub fn max_data_xfer_size(&self) -> u64 {
-        self.max_data_xfer_size.unwrap_or(DEFAULT_MAX_DATA_XFER_SIZE)
+        self.max_data_xfer_size
+            .unwrap_or(DEFAULT_MAX_DATA_XFER_SIZE)
     }
     /// Effective `max_dma_maps`.
     pub fn max_dma_maps(&self) -> u32 {
@@ -539,7 +557,9 @@ impl Capabilities {
     }
     /// Effective `pgsizes` (the spec key, else the legacy `migration.pgsize`, else 4 KiB).
     pub fn pgsizes(&self) -> u64 {
-        self.pgsizes.or(self.migration.and_then(|m| m.pgsize)).unwrap_or(DEFAULT_PGSIZES)
+        self.pgsizes
+            .or(self.migration.and_then(|m| m.pgsize))
+            .unwrap_or(DEFAULT_PGSIZES)
     }
     /// Did the peer offer (or set up) a twin socket?
     pub fn twin_socket(&self) -> bool {
@@ -554,7 +574,9 @@ impl Capabilities {
     fn validate(&self) -> Result<()> {
         if let Some(n) = self.max_msg_fds {
             if n > MAX_MSG_FDS_LIMIT {
-                return Err(DecodeError::Json(format!("max_msg_fds {n} exceeds {MAX_MSG_FDS_LIMIT}")));
+                return Err(DecodeError::Json(format!(
+                    "max_msg_fds {n} exceeds {MAX_MSG_FDS_LIMIT}"
+                )));
             }
         }
         if self.max_data_xfer_size == Some(0) {
@@ -563,12 +585,16 @@ impl Capabilities {
         let pg_ok = |p: u64| p != 0 && p.is_multiple_of(4096);
         if let Some(p) = self.pgsizes {
             if !pg_ok(p) {
-                return Err(DecodeError::Json(format!("pgsizes {p:#x} is not a multiple of 4096")));
+                return Err(DecodeError::Json(format!(
+                    "pgsizes {p:#x} is not a multiple of 4096"
+                )));
             }
         }
         if let Some(p) = self.migration.and_then(|m| m.pgsize) {
             if !pg_ok(p) {
-                return Err(DecodeError::Json(format!("migration.pgsize {p} is not a multiple of 4096")));
+                return Err(DecodeError::Json(format!(
+                    "migration.pgsize {p} is not a multiple of 4096"
+                )));
             }
         }
         Ok(())
@@ -648,9 +674,13 @@ impl Version {
 
     /// Appends the payload (JSON always present and NUL-terminated).
     pub fn encode(&self, b: &mut MessageBuilder) {
-        b.fixed(Self::FIXED).put_u16(0, self.major).put_u16(2, self.minor);
-        let json = serde_json::to_string(&CapsJson { capabilities: self.caps.clone() })
-            .unwrap_or_else(|_| String::from("{}"));
+        b.fixed(Self::FIXED)
+            .put_u16(0, self.major)
+            .put_u16(2, self.minor);
+        let json = serde_json::to_string(&CapsJson {
+            capabilities: self.caps.clone(),
+        })
+        .unwrap_or_else(|_| String::from("{}"));
         b.bytes(json.as_bytes()).bytes(&[0]);
     }
 }
@@ -692,10 +722,16 @@ impl DmaMap {
             size: rd_u64(p, Self::OFF_SIZE),
         };
         if (m.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::Argsz { what: "DMA_MAP", argsz: m.argsz });
+            return Err(DecodeError::Argsz {
+                what: "DMA_MAP",
+                argsz: m.argsz,
+            });
         }
         if m.flags & !(DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE) != 0 {
-            return Err(DecodeError::Flags { what: "DMA_MAP", flags: m.flags });
+            return Err(DecodeError::Flags {
+                what: "DMA_MAP",
+                flags: m.flags,
+            });
         }
         Ok(m)
     }
@@ -753,15 +789,25 @@ impl DmaUnmap {
             size: rd_u64(p, Self::OFF_SIZE),
         };
         if (m.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::Argsz { what: "DMA_UNMAP", argsz: m.argsz });
+            return Err(DecodeError::Argsz {
+                what: "DMA_UNMAP",
+                argsz: m.argsz,
+            });
         }
         if m.flags & !(DMA_UNMAP_FLAG_ALL | DMA_UNMAP_FLAG_GET_DIRTY_BITMAP) != 0
             || m.flags == DMA_UNMAP_FLAG_ALL | DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
         {
-            return Err(DecodeError::Flags { what: "DMA_UNMAP", flags: m.flags });
+            return Err(DecodeError::Flags {
+                what: "DMA_UNMAP",
+                flags: m.flags,
+            });
         }
         if m.flags & DMA_UNMAP_FLAG_ALL != 0 && (m.address != 0 || m.size != 0) {
-            return Err(DecodeError::Field { what: "DMA_UNMAP", field: "address/size with ALL", value: m.address | m.size });
+            return Err(DecodeError::Field {
+                what: "DMA_UNMAP",
+                field: "address/size with ALL",
+                value: m.address | m.size,
+            });
         }
         Ok(m)
     }
@@ -804,7 +850,10 @@ impl DeviceInfoMsg {
         exact("DEVICE_GET_INFO", p, Self::SIZE, "16")?;
         let m = Self::decode_unchecked(p);
         if (m.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::Argsz { what: "DEVICE_GET_INFO", argsz: m.argsz });
+            return Err(DecodeError::Argsz {
+                what: "DEVICE_GET_INFO",
+                argsz: m.argsz,
+            });
         }
         Ok(m)
     }
@@ -874,8 +923,7 @@ impl RegionInfoMsg {
     const OFF_SIZE: usize = offset_of!(vfio::vfio_region_info, size);
     const OFF_OFFSET: usize = offset_of!(vfio::vfio_region_info, offset);
     /// Size of the sparse capability before its areas (16).
-    pub const SPARSE_CAP_FIXED: usize =
-        offset_of!(vfio::vfio_region_info_cap_sparse_mmap, areas);
+    pub const SPARSE_CAP_FIXED: usize = offset_of!(vfio::vfio_region_info_cap_sparse_mmap, areas);
     const OFF_CAP_ID: usize = offset_of!(vfio::vfio_info_cap_header, id);
     const OFF_CAP_VERSION: usize = offset_of!(vfio::vfio_info_cap_header, version);
     const OFF_CAP_NEXT: usize = offset_of!(vfio::vfio_info_cap_header, next);
@@ -888,9 +936,16 @@ impl RegionInfoMsg {
         exact("DEVICE_GET_REGION_INFO", p, Self::SIZE, "32")?;
         let argsz = rd_u32(p, Self::OFF_ARGSZ);
         if (argsz as usize) < Self::SIZE {
-            return Err(DecodeError::Argsz { what: "DEVICE_GET_REGION_INFO", argsz });
+            return Err(DecodeError::Argsz {
+                what: "DEVICE_GET_REGION_INFO",
+                argsz,
+            });
         }
-        Ok(RegionInfoMsg { argsz, index: rd_u32(p, Self::OFF_INDEX), ..Default::default() })
+        Ok(RegionInfoMsg {
+            argsz,
+            index: rd_u32(p, Self::OFF_INDEX),
+            ..Default::default()
+        })
     }
 
     /// The reply's full size with its capabilities.
@@ -915,24 +970,34 @@ impl RegionInfoMsg {
             .put_u32(Self::OFF_ARGSZ, full as u32)
             .put_u32(Self::OFF_FLAGS, flags)
             .put_u32(Self::OFF_INDEX, self.index)
-            .put_u32(Self::OFF_CAP_OFFSET, if with_caps { Self::SIZE as u32 } else { 0 })
+            .put_u32(
+                Self::OFF_CAP_OFFSET,
+                if with_caps { Self::SIZE as u32 } else { 0 },
+            )
             .put_u64(Self::OFF_SIZE, self.size)
             .put_u64(Self::OFF_OFFSET, self.offset);
         if with_caps {
             b.fixed(Self::SPARSE_CAP_FIXED)
-                .put_u16(Self::OFF_CAP_ID, vfio::VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16)
+                .put_u16(
+                    Self::OFF_CAP_ID,
+                    vfio::VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16,
+                )
                 .put_u16(Self::OFF_CAP_VERSION, 1)
                 .put_u32(Self::OFF_CAP_NEXT, 0)
                 .put_u32(Self::OFF_NR_AREAS, self.sparse.len() as u32);
             for a in &self.sparse {
-                b.fixed(Self::AREA_SIZE).put_u64(0, a.offset).put_u64(8, a.size);
+                b.fixed(Self::AREA_SIZE)
+                    .put_u64(0, a.offset)
+                    .put_u64(8, a.size);
             }
         }
     }
 
     /// Appends a request.
     pub fn encode_request(index: u32, argsz: u32, b: &mut MessageBuilder) {
-        b.fixed(Self::SIZE).put_u32(Self::OFF_ARGSZ, argsz).put_u32(Self::OFF_INDEX, index);
+        b.fixed(Self::SIZE)
+            .put_u32(Self::OFF_ARGSZ, argsz)
+            .put_u32(Self::OFF_INDEX, index);
     }
 
     /// Decodes a reply, following the capability chain (bounded by the payload) and collecting
@@ -958,22 +1023,37 @@ impl RegionInfoMsg {
         while off != 0 {
             hops += 1;
             if hops > 16 || off < Self::SIZE || off.checked_add(8).is_none_or(|e| e > p.len()) {
-                return Err(DecodeError::Field { what: "region info cap", field: "next", value: off as u64 });
+                return Err(DecodeError::Field {
+                    what: "region info cap",
+                    field: "next",
+                    value: off as u64,
+                });
             }
             let id = rd_u16(p, off + Self::OFF_CAP_ID) as u32;
             let next = rd_u32(p, off + Self::OFF_CAP_NEXT) as usize;
             if id == vfio::VFIO_REGION_INFO_CAP_SPARSE_MMAP {
-                need("sparse mmap cap", &p[off..], Self::SPARSE_CAP_FIXED, ">= 16")?;
+                need(
+                    "sparse mmap cap",
+                    &p[off..],
+                    Self::SPARSE_CAP_FIXED,
+                    ">= 16",
+                )?;
                 let nr = rd_u32(p, off + Self::OFF_NR_AREAS) as usize;
                 let start = off + Self::SPARSE_CAP_FIXED;
                 let end = nr
                     .checked_mul(Self::AREA_SIZE)
                     .and_then(|n| n.checked_add(start))
                     .filter(|&e| e <= p.len())
-                    .ok_or(DecodeError::Count { what: "sparse mmap areas", count: nr as u64 })?;
+                    .ok_or(DecodeError::Count {
+                        what: "sparse mmap areas",
+                        count: nr as u64,
+                    })?;
                 m.sparse = p[start..end]
                     .chunks_exact(Self::AREA_SIZE)
-                    .map(|c| SparseMmapArea { offset: rd_u64(c, 0), size: rd_u64(c, 8) })
+                    .map(|c| SparseMmapArea {
+                        offset: rd_u64(c, 0),
+                        size: rd_u64(c, 8),
+                    })
                     .collect();
             }
             off = next;
@@ -1031,13 +1111,23 @@ impl RegionIoFdsMsg {
             entries: Vec::new(),
         };
         if (m.argsz as usize) < Self::FIXED {
-            return Err(DecodeError::Argsz { what: "DEVICE_GET_REGION_IO_FDS", argsz: m.argsz });
+            return Err(DecodeError::Argsz {
+                what: "DEVICE_GET_REGION_IO_FDS",
+                argsz: m.argsz,
+            });
         }
         if m.flags != 0 {
-            return Err(DecodeError::Flags { what: "DEVICE_GET_REGION_IO_FDS", flags: m.flags });
+            return Err(DecodeError::Flags {
+                what: "DEVICE_GET_REGION_IO_FDS",
+                flags: m.flags,
+            });
         }
         if m.count != 0 {
-            return Err(DecodeError::Field { what: "DEVICE_GET_REGION_IO_FDS", field: "count", value: m.count as u64 });
+            return Err(DecodeError::Field {
+                what: "DEVICE_GET_REGION_IO_FDS",
+                field: "count",
+                value: m.count as u64,
+            });
         }
         Ok(m)
     }
@@ -1090,7 +1180,10 @@ impl RegionIoFdsMsg {
         if !body.is_empty() {
             let n = m.count as usize;
             if n == 0 || !body.len().is_multiple_of(n) || body.len() / n < IO_FD_ENTRY_SIZE {
-                return Err(DecodeError::Count { what: "io fd entries", count: m.count as u64 });
+                return Err(DecodeError::Count {
+                    what: "io fd entries",
+                    count: m.count as u64,
+                });
             }
             let stride = body.len() / n;
             m.entries = body
@@ -1137,7 +1230,10 @@ impl IrqInfoMsg {
         exact("DEVICE_GET_IRQ_INFO", p, Self::SIZE, "16")?;
         let m = Self::decode_unchecked(p);
         if (m.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::Argsz { what: "DEVICE_GET_IRQ_INFO", argsz: m.argsz });
+            return Err(DecodeError::Argsz {
+                what: "DEVICE_GET_IRQ_INFO",
+                argsz: m.argsz,
+            });
         }
         Ok(m)
     }
@@ -1245,34 +1341,59 @@ impl SetIrqs {
         let data = match flags & vfio::VFIO_IRQ_SET_DATA_TYPE_MASK {
             vfio::VFIO_IRQ_SET_DATA_NONE => {
                 if !body.is_empty() {
-                    return Err(DecodeError::PayloadSize { what: WHAT, got: p.len(), expected: "20 for DATA_NONE" });
+                    return Err(DecodeError::PayloadSize {
+                        what: WHAT,
+                        got: p.len(),
+                        expected: "20 for DATA_NONE",
+                    });
                 }
                 IrqSetData::None
             }
             vfio::VFIO_IRQ_SET_DATA_BOOL => {
                 if body.len() != count as usize {
-                    return Err(DecodeError::PayloadSize { what: WHAT, got: p.len(), expected: "20 + count for DATA_BOOL" });
+                    return Err(DecodeError::PayloadSize {
+                        what: WHAT,
+                        got: p.len(),
+                        expected: "20 + count for DATA_BOOL",
+                    });
                 }
                 IrqSetData::Bool(body.iter().map(|&b| b != 0).collect())
             }
             vfio::VFIO_IRQ_SET_DATA_EVENTFD => {
                 if !body.is_empty() {
-                    return Err(DecodeError::PayloadSize { what: WHAT, got: p.len(), expected: "20 for DATA_EVENTFD" });
+                    return Err(DecodeError::PayloadSize {
+                        what: WHAT,
+                        got: p.len(),
+                        expected: "20 for DATA_EVENTFD",
+                    });
                 }
                 if nfds != 0 && nfds != count as usize {
-                    return Err(DecodeError::Count { what: "DEVICE_SET_IRQS fds", count: nfds as u64 });
+                    return Err(DecodeError::Count {
+                        what: "DEVICE_SET_IRQS fds",
+                        count: nfds as u64,
+                    });
                 }
                 IrqSetData::Eventfd
             }
             _ => return Err(DecodeError::Flags { what: WHAT, flags }),
         };
         if nfds != 0 && data != IrqSetData::Eventfd {
-            return Err(DecodeError::Count { what: "DEVICE_SET_IRQS fds without DATA_EVENTFD", count: nfds as u64 });
+            return Err(DecodeError::Count {
+                what: "DEVICE_SET_IRQS fds without DATA_EVENTFD",
+                count: nfds as u64,
+            });
         }
         if argsz as usize != p.len() {
             return Err(DecodeError::Argsz { what: WHAT, argsz });
         }
-        Ok(SetIrqs { argsz, action, data, index, start, count })
+        Ok(SetIrqs {
+            argsz,
+            action,
+            data,
+            index,
+            start,
+            count,
+        })
     }
 
     /// The flags word for this request.
@@ -1328,7 +1449,11 @@ impl RegionAccess {
     pub const SIZE: usize = 16;
 
     fn decode_head(p: &[u8]) -> RegionAccess {
-        RegionAccess { offset: rd_u64(p, 0), region: rd_u32(p, 8), count: rd_u32(p, 12) }
+        RegionAccess {
+            offset: rd_u64(p, 0),
+            region: rd_u32(p, 8),
+            count: rd_u32(p, 12),
+        }
     }
 
     /// Decodes a REGION_READ request (exactly 16 bytes).
@@ -1343,7 +1468,11 @@ impl RegionAccess {
         let h = Self::decode_head(p);
         let data = &p[Self::SIZE..];
         if data.len() != h.count as usize {
-            return Err(DecodeError::PayloadSize { what: "REGION_WRITE", got: p.len(), expected: "16 + count" });
+            return Err(DecodeError::PayloadSize {
+                what: "REGION_WRITE",
+                got: p.len(),
+                expected: "16 + count",
+            });
         }
         Ok((h, data))
     }
@@ -1354,7 +1483,11 @@ impl RegionAccess {
         let h = Self::decode_head(p);
         let data = &p[Self::SIZE..];
         if data.len() != h.count as usize {
-            return Err(DecodeError::PayloadSize { what: "REGION_READ reply", got: p.len(), expected: "16 + count" });
+            return Err(DecodeError::PayloadSize {
+                what: "REGION_READ reply",
+                got: p.len(),
+                expected: "16 + count",
+            });
         }
         Ok((h, data))
     }
@@ -1367,7 +1500,10 @@ impl RegionAccess {
 
     /// Appends the head.
     pub fn encode(&self, b: &mut MessageBuilder) {
-        b.fixed(Self::SIZE).put_u64(0, self.offset).put_u32(8, self.region).put_u32(12, self.count);
+        b.fixed(Self::SIZE)
+            .put_u64(0, self.offset)
+            .put_u32(8, self.region)
+            .put_u32(12, self.count);
     }
 }
 
@@ -1389,7 +1525,10 @@ impl DmaAccess {
     pub const SIZE: usize = 16;
 
     fn head(p: &[u8]) -> DmaAccess {
-        DmaAccess { address: rd_u64(p, 0), count: rd_u64(p, 8) }
+        DmaAccess {
+            address: rd_u64(p, 0),
+            count: rd_u64(p, 8),
+        }
     }
 
     /// Decodes a DMA_READ request.
@@ -1404,7 +1543,11 @@ impl DmaAccess {
         let h = Self::head(p);
         let data = &p[Self::SIZE..];
         if data.len() as u64 != h.count {
-            return Err(DecodeError::PayloadSize { what: "DMA_WRITE", got: p.len(), expected: "16 + count" });
+            return Err(DecodeError::PayloadSize {
+                what: "DMA_WRITE",
+                got: p.len(),
+                expected: "16 + count",
+            });
         }
         Ok((h, data))
     }
@@ -1415,7 +1558,11 @@ impl DmaAccess {
         let h = Self::head(p);
         let data = &p[Self::SIZE..];
         if data.len() as u64 != h.count {
-            return Err(DecodeError::PayloadSize { what: "DMA_READ reply", got: p.len(), expected: "16 + count" });
+            return Err(DecodeError::PayloadSize {
+                what: "DMA_READ reply",
+                got: p.len(),
+                expected: "16 + count",
+            });
         }
         Ok((h, data))
     }
@@ -1425,13 +1572,19 @@ impl DmaAccess {
         match p.len() {
             0 => Ok(None),
             Self::SIZE => Ok(Some(Self::head(p))),
-            _ => Err(DecodeError::PayloadSize { what: "DMA_WRITE reply", got: p.len(), expected: "0 or 16" }),
+            _ => Err(DecodeError::PayloadSize {
+                what: "DMA_WRITE reply",
+                got: p.len(),
+                expected: "0 or 16",
+            }),
         }
     }
 
     /// Appends the head.
     pub fn encode(&self, b: &mut MessageBuilder) {
-        b.fixed(Self::SIZE).put_u64(0, self.address).put_u64(8, self.count);
+        b.fixed(Self::SIZE)
+            .put_u64(0, self.address)
+            .put_u64(8, self.count);
     }
 }
 
@@ -1468,17 +1621,28 @@ impl WriteMulti {
         need("REGION_WRITE_MULTI", p, 8, ">= 8")?;
         let n = rd_u64(p, 0);
         if n == 0 || n > Self::MAX_ENTRIES || (p.len() - 8) as u64 != n * Self::ENTRY as u64 {
-            return Err(DecodeError::Count { what: "REGION_WRITE_MULTI", count: n });
+            return Err(DecodeError::Count {
+                what: "REGION_WRITE_MULTI",
+                count: n,
+            });
         }
         let mut entries = Vec::with_capacity(n as usize);
         for c in p[8..].chunks_exact(Self::ENTRY) {
             let count = rd_u32(c, 12);
             if count == 0 || count > 8 {
-                return Err(DecodeError::Count { what: "REGION_WRITE_MULTI entry", count: count as u64 });
+                return Err(DecodeError::Count {
+                    what: "REGION_WRITE_MULTI entry",
+                    count: count as u64,
+                });
             }
             let mut data = [0u8; 8];
             data.copy_from_slice(&c[16..24]);
-            entries.push(WriteMultiEntry { offset: rd_u64(c, 0), region: rd_u32(c, 8), count, data });
+            entries.push(WriteMultiEntry {
+                offset: rd_u64(c, 0),
+                region: rd_u32(c, 8),
+                count,
+                data,
+            });
         }
         Ok(WriteMulti { entries })
     }
@@ -1487,7 +1651,10 @@ impl WriteMulti {
     pub fn encode(&self, b: &mut MessageBuilder) {
         b.fixed(8).put_u64(0, self.entries.len() as u64);
         for e in &self.entries {
-            b.fixed(Self::ENTRY).put_u64(0, e.offset).put_u32(8, e.region).put_u32(12, e.count);
+            b.fixed(Self::ENTRY)
+                .put_u64(0, e.offset)
+                .put_u32(8, e.region)
+                .put_u32(12, e.count);
             let n = b.buf.len();
             b.buf[n - 8..].copy_from_slice(&e.data);
         }
@@ -1517,21 +1684,38 @@ impl DeviceFeatureMsg {
         let argsz = rd_u32(p, 0);
         let flags = rd_u32(p, 4);
         if (argsz as usize) < Self::FIXED {
-            return Err(DecodeError::Argsz { what: "DEVICE_FEATURE", argsz });
+            return Err(DecodeError::Argsz {
+                what: "DEVICE_FEATURE",
+                argsz,
+            });
         }
-        let ops = flags & (vfio::VFIO_DEVICE_FEATURE_GET | vfio::VFIO_DEVICE_FEATURE_SET | vfio::VFIO_DEVICE_FEATURE_PROBE);
+        let ops = flags
+            & (vfio::VFIO_DEVICE_FEATURE_GET
+                | vfio::VFIO_DEVICE_FEATURE_SET
+                | vfio::VFIO_DEVICE_FEATURE_PROBE);
         let known = vfio::VFIO_DEVICE_FEATURE_MASK | ops;
         let get_and_set = vfio::VFIO_DEVICE_FEATURE_GET | vfio::VFIO_DEVICE_FEATURE_SET;
         if flags & !known != 0 || ops == 0 || ops & get_and_set == get_and_set {
-            return Err(DecodeError::Flags { what: "DEVICE_FEATURE", flags });
+            return Err(DecodeError::Flags {
+                what: "DEVICE_FEATURE",
+                flags,
+            });
         }
-        Ok(DeviceFeatureMsg { argsz, flags, data: p[Self::FIXED..].to_vec() })
+        Ok(DeviceFeatureMsg {
+            argsz,
+            flags,
+            data: p[Self::FIXED..].to_vec(),
+        })
     }
 
     /// Decodes a reply.
     pub fn decode_reply(p: &[u8]) -> Result<DeviceFeatureMsg> {
         need("DEVICE_FEATURE reply", p, Self::FIXED, ">= 8")?;
-        Ok(DeviceFeatureMsg { argsz: rd_u32(p, 0), flags: rd_u32(p, 4), data: p[Self::FIXED..].to_vec() })
+        Ok(DeviceFeatureMsg {
+            argsz: rd_u32(p, 0),
+            flags: rd_u32(p, 4),
+            data: p[Self::FIXED..].to_vec(),
+        })
     }
 
     /// The feature index.
@@ -1541,8 +1725,14 @@ impl DeviceFeatureMsg {
 
     /// Appends the message (argsz = 8 + data unless set).
     pub fn encode(&self, b: &mut MessageBuilder) {
-        let argsz = if self.argsz == 0 { (Self::FIXED + self.data.len()) as u32 } else { self.argsz };
-        b.fixed(Self::FIXED).put_u32(0, argsz).put_u32(4, self.flags);
+        let argsz = if self.argsz == 0 {
+            (Self::FIXED + self.data.len()) as u32
+        } else {
+            self.argsz
+        };
+        b.fixed(Self::FIXED)
+            .put_u32(0, argsz)
+            .put_u32(4, self.flags);
         b.bytes(&self.data);
     }
 }
@@ -1567,9 +1757,16 @@ impl MigData {
     /// Decodes a MIG_DATA_READ request.
     pub fn decode_read(p: &[u8]) -> Result<MigData> {
         exact("MIG_DATA_READ", p, Self::FIXED, "8")?;
-        let m = MigData { argsz: rd_u32(p, 0), size: rd_u32(p, 4), data: Vec::new() };
+        let m = MigData {
+            argsz: rd_u32(p, 0),
+            size: rd_u32(p, 4),
+            data: Vec::new(),
+        };
         if (m.argsz as usize) < Self::FIXED {
-            return Err(DecodeError::Argsz { what: "MIG_DATA_READ", argsz: m.argsz });
+            return Err(DecodeError::Argsz {
+                what: "MIG_DATA_READ",
+                argsz: m.argsz,
+            });
         }
         Ok(m)
     }
@@ -1577,19 +1774,32 @@ impl MigData {
     /// Decodes a MIG_DATA_WRITE request or a MIG_DATA_READ reply: `size` bytes follow.
     pub fn decode_with_data(p: &[u8]) -> Result<MigData> {
         need("MIG_DATA", p, Self::FIXED, ">= 8")?;
-        let m = MigData { argsz: rd_u32(p, 0), size: rd_u32(p, 4), data: p[Self::FIXED..].to_vec() };
+        let m = MigData {
+            argsz: rd_u32(p, 0),
+            size: rd_u32(p, 4),
+            data: p[Self::FIXED..].to_vec(),
+        };
         if m.data.len() != m.size as usize {
-            return Err(DecodeError::PayloadSize { what: "MIG_DATA", got: p.len(), expected: "8 + size" });
+            return Err(DecodeError::PayloadSize {
+                what: "MIG_DATA",
+                got: p.len(),
+                expected: "8 + size",
+            });
         }
         if (m.argsz as usize) < Self::FIXED {
-            return Err(DecodeError::Argsz { what: "MIG_DATA", argsz: m.argsz });
+            return Err(DecodeError::Argsz {
+                what: "MIG_DATA",
+                argsz: m.argsz,
+            });
         }
         Ok(m)
     }
 
     /// Appends the message.
     pub fn encode(&self, b: &mut MessageBuilder) {
-        b.fixed(Self::FIXED).put_u32(0, self.argsz).put_u32(4, self.size);
+        b.fixed(Self::FIXED)
+            .put_u32(0, self.argsz)
+            .put_u32(4, self.size);
         b.bytes(&self.data);
     }
 }
@@ -1637,15 +1847,24 @@ pub enum Request<'a> {
 pub fn decode_request(msg: &[u8], nfds: usize) -> Result<(Header, Request<'_>)> {
     let h = Header::decode(msg)?;
     if h.msg_size as usize != msg.len() {
-        return Err(DecodeError::SizeMismatch { msg_size: h.msg_size, actual: msg.len() });
+        return Err(DecodeError::SizeMismatch {
+            msg_size: h.msg_size,
+            actual: msg.len(),
+        });
     }
     if !h.is_command() || h.is_error() {
-        return Err(DecodeError::Flags { what: "header", flags: h.flags });
+        return Err(DecodeError::Flags {
+            what: "header",
+            flags: h.flags,
+        });
     }
     let p = &msg[HEADER_SIZE..];
     let fds_ok = |allowed: bool| -> Result<()> {
         if nfds > 0 && !allowed {
-            Err(DecodeError::Count { what: "fds on a command that takes none", count: nfds as u64 })
+            Err(DecodeError::Count {
+                what: "fds on a command that takes none",
+                count: nfds as u64,
+            })
         } else {
             Ok(())
         }
@@ -1659,7 +1878,10 @@ pub fn decode_request(msg: &[u8], nfds: usize) -> Result<(Header, Request<'_>)> 
         }
         C::DmaMap => {
             if nfds > 1 {
-                return Err(DecodeError::Count { what: "DMA_MAP fds", count: nfds as u64 });
+                return Err(DecodeError::Count {
+                    what: "DMA_MAP fds",
+                    count: nfds as u64,
+                });
             }
             Request::DmaMap(DmaMap::decode(p)?)
         }
@@ -1712,7 +1934,9 @@ pub fn decode_request(msg: &[u8], nfds: usize) -> Result<(Header, Request<'_>)> 
             Request::MigDataWrite(MigData::decode_with_data(p)?)
         }
         // Server→client commands and the removed DIRTY_PAGES are not client requests.
-        C::DmaRead | C::DmaWrite | C::DirtyPages => return Err(DecodeError::UnknownCommand(h.command)),
+        C::DmaRead | C::DmaWrite | C::DirtyPages => {
+            return Err(DecodeError::UnknownCommand(h.command))
+        }
     };
     Ok((h, req))
 }
@@ -1733,7 +1957,13 @@ mod tests {
 
     #[test]
     fn header_layout_matches_spec() {
-        let h = Header { msg_id: 0x1122, command: 9, msg_size: 0x20, flags: FLAGS_TYPE_REPLY | FLAGS_ERROR, error_no: 22 };
+        let h = Header {
+            msg_id: 0x1122,
+            command: 9,
+            msg_size: 0x20,
+            flags: FLAGS_TYPE_REPLY | FLAGS_ERROR,
+            error_no: 22,
+        };
         let mut b = [0u8; 16];
         h.encode(&mut b);
         assert_eq!(&b[0..2], &0x1122u16.to_ne_bytes());
@@ -1744,19 +1974,33 @@ mod tests {
         assert_eq!(Header::decode(&b).unwrap(), h);
         assert_eq!(FLAGS_NO_REPLY, 0x10);
         assert_eq!(FLAGS_ERROR, 0x20);
-        assert!(matches!(Header::decode(&b[..15]), Err(DecodeError::ShortHeader(15))));
+        assert!(matches!(
+            Header::decode(&b[..15]),
+            Err(DecodeError::ShortHeader(15))
+        ));
     }
 
     #[test]
     fn command_numbers_match_spec() {
         let expect = [
-            (1, "VFIO_USER_VERSION"), (2, "VFIO_USER_DMA_MAP"), (3, "VFIO_USER_DMA_UNMAP"),
-            (4, "VFIO_USER_DEVICE_GET_INFO"), (5, "VFIO_USER_DEVICE_GET_REGION_INFO"),
-            (6, "VFIO_USER_DEVICE_GET_REGION_IO_FDS"), (7, "VFIO_USER_DEVICE_GET_IRQ_INFO"),
-            (8, "VFIO_USER_DEVICE_SET_IRQS"), (9, "VFIO_USER_REGION_READ"), (10, "VFIO_USER_REGION_WRITE"),
-            (11, "VFIO_USER_DMA_READ"), (12, "VFIO_USER_DMA_WRITE"), (13, "VFIO_USER_DEVICE_RESET"),
-            (14, "VFIO_USER_DIRTY_PAGES"), (15, "VFIO_USER_REGION_WRITE_MULTI"), (16, "VFIO_USER_DEVICE_FEATURE"),
-            (17, "VFIO_USER_MIG_DATA_READ"), (18, "VFIO_USER_MIG_DATA_WRITE"),
+            (1, "VFIO_USER_VERSION"),
+            (2, "VFIO_USER_DMA_MAP"),
+            (3, "VFIO_USER_DMA_UNMAP"),
+            (4, "VFIO_USER_DEVICE_GET_INFO"),
+            (5, "VFIO_USER_DEVICE_GET_REGION_INFO"),
+            (6, "VFIO_USER_DEVICE_GET_REGION_IO_FDS"),
+            (7, "VFIO_USER_DEVICE_GET_IRQ_INFO"),
+            (8, "VFIO_USER_DEVICE_SET_IRQS"),
+            (9, "VFIO_USER_REGION_READ"),
+            (10, "VFIO_USER_REGION_WRITE"),
+            (11, "VFIO_USER_DMA_READ"),
+            (12, "VFIO_USER_DMA_WRITE"),
+            (13, "VFIO_USER_DEVICE_RESET"),
+            (14, "VFIO_USER_DIRTY_PAGES"),
+            (15, "VFIO_USER_REGION_WRITE_MULTI"),
+            (16, "VFIO_USER_DEVICE_FEATURE"),
+            (17, "VFIO_USER_MIG_DATA_READ"),
+            (18, "VFIO_USER_MIG_DATA_WRITE"),
         ];
         for (n, name) in expect {
             let c = Command::from_u16(n).unwrap();
@@ -1770,23 +2014,76 @@ mod tests {
     #[test]
     fn struct_sizes_and_offsets_match_spec() {
         assert_eq!(DmaMap::SIZE, 32);
-        assert_eq!((DmaMap::OFF_ARGSZ, DmaMap::OFF_FLAGS, DmaMap::OFF_OFFSET, DmaMap::OFF_ADDRESS, DmaMap::OFF_SIZE), (0, 4, 8, 16, 24));
+        assert_eq!(
+            (
+                DmaMap::OFF_ARGSZ,
+                DmaMap::OFF_FLAGS,
+                DmaMap::OFF_OFFSET,
+                DmaMap::OFF_ADDRESS,
+                DmaMap::OFF_SIZE
+            ),
+            (0, 4, 8, 16, 24)
+        );
         assert_eq!(DmaUnmap::SIZE, 24);
-        assert_eq!((DmaUnmap::OFF_ARGSZ, DmaUnmap::OFF_FLAGS, DmaUnmap::OFF_ADDRESS, DmaUnmap::OFF_SIZE), (0, 4, 8, 16));
+        assert_eq!(
+            (
+                DmaUnmap::OFF_ARGSZ,
+                DmaUnmap::OFF_FLAGS,
+                DmaUnmap::OFF_ADDRESS,
+                DmaUnmap::OFF_SIZE
+            ),
+            (0, 4, 8, 16)
+        );
         assert_eq!(DeviceInfoMsg::SIZE, 16);
-        assert_eq!((DeviceInfoMsg::OFF_FLAGS, DeviceInfoMsg::OFF_NUM_REGIONS, DeviceInfoMsg::OFF_NUM_IRQS), (4, 8, 12));
+        assert_eq!(
+            (
+                DeviceInfoMsg::OFF_FLAGS,
+                DeviceInfoMsg::OFF_NUM_REGIONS,
+                DeviceInfoMsg::OFF_NUM_IRQS
+            ),
+            (4, 8, 12)
+        );
         assert_eq!(RegionInfoMsg::SIZE, 32);
         assert_eq!(
-            (RegionInfoMsg::OFF_FLAGS, RegionInfoMsg::OFF_INDEX, RegionInfoMsg::OFF_CAP_OFFSET, RegionInfoMsg::OFF_SIZE, RegionInfoMsg::OFF_OFFSET),
+            (
+                RegionInfoMsg::OFF_FLAGS,
+                RegionInfoMsg::OFF_INDEX,
+                RegionInfoMsg::OFF_CAP_OFFSET,
+                RegionInfoMsg::OFF_SIZE,
+                RegionInfoMsg::OFF_OFFSET
+            ),
             (4, 8, 12, 16, 24)
         );
         assert_eq!(RegionInfoMsg::SPARSE_CAP_FIXED, 16);
-        assert_eq!((RegionInfoMsg::OFF_CAP_ID, RegionInfoMsg::OFF_CAP_VERSION, RegionInfoMsg::OFF_CAP_NEXT, RegionInfoMsg::OFF_NR_AREAS), (0, 2, 4, 8));
+        assert_eq!(
+            (
+                RegionInfoMsg::OFF_CAP_ID,
+                RegionInfoMsg::OFF_CAP_VERSION,
+                RegionInfoMsg::OFF_CAP_NEXT,
+                RegionInfoMsg::OFF_NR_AREAS
+            ),
+            (0, 2, 4, 8)
+        );
         assert_eq!(RegionInfoMsg::AREA_SIZE, 16);
         assert_eq!(IrqInfoMsg::SIZE, 16);
-        assert_eq!((IrqInfoMsg::OFF_FLAGS, IrqInfoMsg::OFF_INDEX, IrqInfoMsg::OFF_COUNT), (4, 8, 12));
+        assert_eq!(
+            (
+                IrqInfoMsg::OFF_FLAGS,
+                IrqInfoMsg::OFF_INDEX,
+                IrqInfoMsg::OFF_COUNT
+            ),
+            (4, 8, 12)
+        );
         assert_eq!(SetIrqs::FIXED, 20);
-        assert_eq!((SetIrqs::OFF_FLAGS, SetIrqs::OFF_INDEX, SetIrqs::OFF_START, SetIrqs::OFF_COUNT), (4, 8, 12, 16));
+        assert_eq!(
+            (
+                SetIrqs::OFF_FLAGS,
+                SetIrqs::OFF_INDEX,
+                SetIrqs::OFF_START,
+                SetIrqs::OFF_COUNT
+            ),
+            (4, 8, 12, 16)
+        );
         assert_eq!(DeviceFeatureMsg::FIXED, 8);
         assert_eq!(IO_FD_ENTRY_SIZE, 40);
     }
@@ -1806,8 +2103,24 @@ mod tests {
         assert_eq!(vfio::VFIO_DEVICE_FEATURE_GET, 1 << 16);
         assert_eq!(vfio::VFIO_DEVICE_FEATURE_SET, 1 << 17);
         assert_eq!(vfio::VFIO_DEVICE_FEATURE_PROBE, 1 << 18);
-        assert_eq!((mig_state::ERROR, mig_state::STOP, mig_state::RUNNING, mig_state::STOP_COPY), (0, 1, 2, 3));
-        assert_eq!((mig_state::RESUMING, mig_state::RUNNING_P2P, mig_state::PRE_COPY, mig_state::PRE_COPY_P2P), (4, 5, 6, 7));
+        assert_eq!(
+            (
+                mig_state::ERROR,
+                mig_state::STOP,
+                mig_state::RUNNING,
+                mig_state::STOP_COPY
+            ),
+            (0, 1, 2, 3)
+        );
+        assert_eq!(
+            (
+                mig_state::RESUMING,
+                mig_state::RUNNING_P2P,
+                mig_state::PRE_COPY,
+                mig_state::PRE_COPY_P2P
+            ),
+            (4, 5, 6, 7)
+        );
     }
 
     #[test]
@@ -1820,9 +2133,15 @@ mod tests {
                 max_data_xfer_size: Some(1 << 20),
                 pgsizes: Some(4096),
                 max_dma_maps: Some(65535),
-                twin_socket: Some(TwinSocketCap { supported: true, fd_index: Some(0) }),
+                twin_socket: Some(TwinSocketCap {
+                    supported: true,
+                    fd_index: Some(0),
+                }),
                 write_multiple: Some(true),
-                migration: Some(MigrationCap { pgsize: Some(4096), max_bitmap_size: Some(256 << 20) }),
+                migration: Some(MigrationCap {
+                    pgsize: Some(4096),
+                    max_bitmap_size: Some(256 << 20),
+                }),
             }),
         };
         let mut b = MessageBuilder::command(1, Command::Version);
@@ -1849,23 +2168,30 @@ mod tests {
         let qemu = br#"{"capabilities":{"migration":{"pgsize":4096,"max_bitmap_size":268435456},"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}}"#;
         let payload = [&[0u8, 0, 0, 0][..], qemu, b"\0"].concat();
         let m_ = msg(Command::Version, &payload);
-        let (_, Request::Version(v)) = decode_request(&m_, 0).unwrap() else { panic!() };
+        let (_, Request::Version(v)) = decode_request(&m_, 0).unwrap() else {
+            panic!()
+        };
         let c = v.caps.unwrap();
         assert_eq!(c.max_msg_fds(), 16);
         assert!(c.write_multiple());
         assert_eq!(c.migration.unwrap().max_bitmap_size, Some(268435456));
         // Unknown keys are ignored.
-        let payload = [&[0u8, 0, 0, 0][..], br#"{"capabilities":{"frobnicate":1}}"#, b"\0"].concat();
+        let payload = [
+            &[0u8, 0, 0, 0][..],
+            br#"{"capabilities":{"frobnicate":1}}"#,
+            b"\0",
+        ]
+        .concat();
         assert!(decode_request(&msg(Command::Version, &payload), 0).is_ok());
     }
 
     #[test]
     fn version_bad_inputs() {
         let bad: &[&[u8]] = &[
-            b"{}",                                       // no NUL
-            b"{\0",                                      // broken JSON
+            b"{}",  // no NUL
+            b"{\0", // broken JSON
             b"\"\0",
-            b"{\"capabilities\":5}\0",                   // not an object
+            b"{\"capabilities\":5}\0", // not an object
             b"{\"capabilities\":{\"max_msg_fds\":\"foo\"}}\0",
             b"{\"capabilities\":{\"max_msg_fds\":-1}}\0",
             b"{\"capabilities\":{\"max_msg_fds\":1025}}\0",
@@ -1875,12 +2201,12 @@ mod tests {
             b"{\"capabilities\":{\"pgsizes\":4095}}\0",
             b"{\"capabilities\":{\"max_data_xfer_size\":0}}\0",
             b"{\"capabilities\":{\"twin_socket\":true}}\0",
-            b"{\"capabilities\":[8]}\0",                // arrays are not objects
+            b"{\"capabilities\":[8]}\0", // arrays are not objects
             b"{\"capabilities\":{\"migration\":[]}}\0",
             b"{\"capabilities\":{\"twin_socket\":[true]}}\0",
             b"[]\0",
-            b"{}\0{}\0",                                 // NUL inside
-            b"\xff\0",                                   // not UTF-8
+            b"{}\0{}\0", // NUL inside
+            b"\xff\0",   // not UTF-8
         ];
         for json in bad {
             let payload = [&[0u8, 0, 0, 0][..], json].concat();
@@ -1896,7 +2222,13 @@ mod tests {
 
     #[test]
     fn dma_map_and_unmap() {
-        let m = DmaMap { argsz: 32, flags: 3, offset: 0x1000, address: 0x10_0000, size: 0x2000 };
+        let m = DmaMap {
+            argsz: 32,
+            flags: 3,
+            offset: 0x1000,
+            address: 0x10_0000,
+            size: 0x2000,
+        };
         let mut b = MessageBuilder::command(2, Command::DmaMap);
         m.encode(&mut b);
         let bytes = b.finish();
@@ -1907,25 +2239,56 @@ mod tests {
         let bad_flags = DmaMap { flags: 4, ..m };
         let mut b = MessageBuilder::command(2, Command::DmaMap);
         bad_flags.encode(&mut b);
-        assert!(matches!(decode_request(&b.finish(), 0), Err(DecodeError::Flags { .. })));
+        assert!(matches!(
+            decode_request(&b.finish(), 0),
+            Err(DecodeError::Flags { .. })
+        ));
         let small = DmaMap { argsz: 8, ..m };
         let mut b = MessageBuilder::command(2, Command::DmaMap);
         small.encode(&mut b);
-        assert!(matches!(decode_request(&b.finish(), 0), Err(DecodeError::Argsz { .. })));
-        assert!(decode_request(&msg(Command::DmaMap, &[0; 24]), 0).is_err(), "short payload");
+        assert!(matches!(
+            decode_request(&b.finish(), 0),
+            Err(DecodeError::Argsz { .. })
+        ));
+        assert!(
+            decode_request(&msg(Command::DmaMap, &[0; 24]), 0).is_err(),
+            "short payload"
+        );
 
-        let u = DmaUnmap { argsz: 24, flags: 0, address: 0x10_0000, size: 0x2000 };
+        let u = DmaUnmap {
+            argsz: 24,
+            flags: 0,
+            address: 0x10_0000,
+            size: 0x2000,
+        };
         let mut b = MessageBuilder::command(3, Command::DmaUnmap);
         u.encode(&mut b);
-        assert_eq!(decode_request(&b.finish(), 0).unwrap().1, Request::DmaUnmap(u));
-        let all = DmaUnmap { argsz: 24, flags: DMA_UNMAP_FLAG_ALL, address: 0, size: 0 };
+        assert_eq!(
+            decode_request(&b.finish(), 0).unwrap().1,
+            Request::DmaUnmap(u)
+        );
+        let all = DmaUnmap {
+            argsz: 24,
+            flags: DMA_UNMAP_FLAG_ALL,
+            address: 0,
+            size: 0,
+        };
         let mut b = MessageBuilder::command(3, Command::DmaUnmap);
         all.encode(&mut b);
         assert!(decode_request(&b.finish(), 0).is_ok());
         for bad in [
-            DmaUnmap { flags: DMA_UNMAP_FLAG_ALL, address: 0x1000, ..all },
+            DmaUnmap {
+                flags: DMA_UNMAP_FLAG_ALL,
+                address: 0x1000,
+                ..all
+            },
             DmaUnmap { flags: 4, ..u },
-            DmaUnmap { flags: 3, address: 0, size: 0, ..u },
+            DmaUnmap {
+                flags: 3,
+                address: 0,
+                size: 0,
+                ..u
+            },
             DmaUnmap { argsz: 8, ..u },
         ] {
             let mut b = MessageBuilder::command(3, Command::DmaUnmap);
@@ -1939,11 +2302,29 @@ mod tests {
         // argsz 32 (the rust-vmm client's value) is fine; the reply says 16.
         let m_ = msg(Command::DeviceGetInfo, &u32s(&[32, 0, 0, 0]));
         let (_, r) = decode_request(&m_, 0).unwrap();
-        assert_eq!(r, Request::DeviceGetInfo(DeviceInfoMsg { argsz: 32, ..Default::default() }));
-        assert!(decode_request(&msg(Command::DeviceGetInfo, &u32s(&[8, 0, 0, 0])), 0).is_err(), "argsz 8");
-        assert!(decode_request(&msg(Command::DeviceGetInfo, &u32s(&[16, 0])), 0).is_err(), "8-byte payload");
+        assert_eq!(
+            r,
+            Request::DeviceGetInfo(DeviceInfoMsg {
+                argsz: 32,
+                ..Default::default()
+            })
+        );
+        assert!(
+            decode_request(&msg(Command::DeviceGetInfo, &u32s(&[8, 0, 0, 0])), 0).is_err(),
+            "argsz 8"
+        );
+        assert!(
+            decode_request(&msg(Command::DeviceGetInfo, &u32s(&[16, 0])), 0).is_err(),
+            "8-byte payload"
+        );
         let mut b = MessageBuilder::reply(1, 4);
-        DeviceInfoMsg { argsz: 16, flags: 3, num_regions: 9, num_irqs: 5 }.encode(&mut b);
+        DeviceInfoMsg {
+            argsz: 16,
+            flags: 3,
+            num_regions: 9,
+            num_irqs: 5,
+        }
+        .encode(&mut b);
         let m = b.finish();
         assert_eq!(&m[16..], &u32s(&[16, 3, 9, 5])[..]);
         assert_eq!(DeviceInfoMsg::decode_reply(&m[16..]).unwrap().num_irqs, 5);
@@ -1953,11 +2334,22 @@ mod tests {
     fn region_info_with_sparse_caps_matches_libvfio_user_example() {
         // BAR2: size 0x8000, offset 0x8000, areas {0x2000,0x1000} and {0x4000,0x2000}.
         let info = RegionInfoMsg {
-            flags: vfio::VFIO_REGION_INFO_FLAG_READ | vfio::VFIO_REGION_INFO_FLAG_WRITE | vfio::VFIO_REGION_INFO_FLAG_MMAP,
+            flags: vfio::VFIO_REGION_INFO_FLAG_READ
+                | vfio::VFIO_REGION_INFO_FLAG_WRITE
+                | vfio::VFIO_REGION_INFO_FLAG_MMAP,
             index: 2,
             size: 0x8000,
             offset: 0x8000,
-            sparse: vec![SparseMmapArea { offset: 0x2000, size: 0x1000 }, SparseMmapArea { offset: 0x4000, size: 0x2000 }],
+            sparse: vec![
+                SparseMmapArea {
+                    offset: 0x2000,
+                    size: 0x1000,
+                },
+                SparseMmapArea {
+                    offset: 0x4000,
+                    size: 0x2000,
+                },
+            ],
             ..Default::default()
         };
         assert_eq!(info.full_size(), 80);
@@ -1973,7 +2365,10 @@ mod tests {
         assert_eq!(rd_u16(p, 34), 1, "version");
         assert_eq!(rd_u32(p, 36), 0, "next");
         assert_eq!(rd_u32(p, 40), 2, "nr_areas");
-        assert_eq!((rd_u64(p, 48), rd_u64(p, 56), rd_u64(p, 64), rd_u64(p, 72)), (0x2000, 0x1000, 0x4000, 0x2000));
+        assert_eq!(
+            (rd_u64(p, 48), rd_u64(p, 56), rd_u64(p, 64), rd_u64(p, 72)),
+            (0x2000, 0x1000, 0x4000, 0x2000)
+        );
         let back = RegionInfoMsg::decode_reply(p).unwrap();
         assert_eq!(back.sparse, info.sparse);
         // A client that only accepts 32 bytes gets argsz 80, no CAPS, cap_offset 0.
@@ -1986,7 +2381,14 @@ mod tests {
         assert_eq!(rd_u32(p, 4), 0x7);
         assert_eq!(rd_u32(p, 12), 0);
         // Request checks.
-        assert!(decode_request(&msg(Command::DeviceGetRegionInfo, &[&u32s(&[8, 0, 0, 0])[..], &[0; 16]].concat()), 0).is_err());
+        assert!(decode_request(
+            &msg(
+                Command::DeviceGetRegionInfo,
+                &[&u32s(&[8, 0, 0, 0])[..], &[0; 16]].concat()
+            ),
+            0
+        )
+        .is_err());
         assert!(decode_request(&msg(Command::DeviceGetRegionInfo, &u32s(&[32, 0, 0])), 0).is_err());
         // A reply whose cap chain points outside the payload is rejected.
         let mut bad = p.to_vec();
@@ -2007,13 +2409,26 @@ mod tests {
     fn region_io_fds() {
         let m_ = msg(Command::DeviceGetRegionIoFds, &u32s(&[16, 0, 0, 0]));
         let (_, r) = decode_request(&m_, 0).unwrap();
-        assert!(matches!(r, Request::GetRegionIoFds(RegionIoFdsMsg { index: 0, .. })));
+        assert!(matches!(
+            r,
+            Request::GetRegionIoFds(RegionIoFdsMsg { index: 0, .. })
+        ));
         for bad in [[16, 1, 0, 0], [16, 0, 0, 1], [8, 0, 0, 0]] {
-            assert!(decode_request(&msg(Command::DeviceGetRegionIoFds, &u32s(&bad)), 0).is_err(), "{bad:?}");
+            assert!(
+                decode_request(&msg(Command::DeviceGetRegionIoFds, &u32s(&bad)), 0).is_err(),
+                "{bad:?}"
+            );
         }
         let reply = RegionIoFdsMsg {
             index: 0,
-            entries: vec![IoFdEntry { offset: 0x1000, size: 4, fd_index: 0, kind: 0, flags: 1, datamatch: 7 }],
+            entries: vec![IoFdEntry {
+                offset: 0x1000,
+                size: 4,
+                fd_index: 0,
+                kind: 0,
+                flags: 1,
+                datamatch: 7,
+            }],
             ..Default::default()
         };
         let mut b = MessageBuilder::reply(1, 6);
@@ -2038,53 +2453,103 @@ mod tests {
         let m_ = msg(Command::DeviceSetIrqs, &u32s(&[20, trig_fd, 2, 0, 3]));
         let (_, r) = decode_request(&m_, 3).unwrap();
         let Request::SetIrqs(s) = r else { panic!() };
-        assert_eq!((s.action, s.data.clone(), s.index, s.start, s.count), (IrqAction::Trigger, IrqSetData::Eventfd, 2, 0, 3));
+        assert_eq!(
+            (s.action, s.data.clone(), s.index, s.start, s.count),
+            (IrqAction::Trigger, IrqSetData::Eventfd, 2, 0, 3)
+        );
         assert_eq!(s.flags(), trig_fd);
         // De-assign: no fds.
-        assert!(decode_request(&msg(Command::DeviceSetIrqs, &u32s(&[20, trig_fd, 2, 0, 3])), 0).is_ok());
+        assert!(decode_request(
+            &msg(Command::DeviceSetIrqs, &u32s(&[20, trig_fd, 2, 0, 3])),
+            0
+        )
+        .is_ok());
         // Bool data.
         let bool_trig = vfio::VFIO_IRQ_SET_DATA_BOOL | vfio::VFIO_IRQ_SET_ACTION_TRIGGER;
         let p = [&u32s(&[22, bool_trig, 1, 0, 2])[..], &[1, 0]].concat();
         let m_ = msg(Command::DeviceSetIrqs, &p);
-        let (_, Request::SetIrqs(s)) = decode_request(&m_, 0).unwrap() else { panic!() };
+        let (_, Request::SetIrqs(s)) = decode_request(&m_, 0).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.data, IrqSetData::Bool(vec![true, false]));
         let mut b = MessageBuilder::command(1, Command::DeviceSetIrqs);
         s.encode(&mut b);
         assert_eq!(&b.finish()[16..], &p[..]);
 
         let bad: Vec<(Vec<u8>, usize)> = vec![
-            ([&u32s(&[21, bool_trig, 1, 0, 2])[..], &[1]].concat(), 0),            // bool len != count
-            (u32s(&[20, trig_fd | vfio::VFIO_IRQ_SET_ACTION_MASK, 2, 0, 1]), 1),  // two actions
-            (u32s(&[20, trig_fd | vfio::VFIO_IRQ_SET_DATA_BOOL, 2, 0, 1]), 1),   // two data types
-            (u32s(&[20, vfio::VFIO_IRQ_SET_ACTION_TRIGGER, 2, 0, 1]), 0),        // no data type
-            (u32s(&[20, vfio::VFIO_IRQ_SET_DATA_NONE, 2, 0, 1]), 0),             // no action
-            (u32s(&[20, trig_fd | 0x100, 2, 0, 1]), 0),                          // unknown bit
-            (u32s(&[20, trig_fd, 2, 0, 3]), 2),                                  // fd count != count
-            (u32s(&[20, vfio::VFIO_IRQ_SET_DATA_NONE | vfio::VFIO_IRQ_SET_ACTION_TRIGGER, 2, 0, 1]), 1), // fds without EVENTFD
-            (u32s(&[8, trig_fd, 2, 0, 1]), 1),                                   // argsz
-            (u32s(&[20, trig_fd, 2, 0]), 0),                                     // short
+            ([&u32s(&[21, bool_trig, 1, 0, 2])[..], &[1]].concat(), 0), // bool len != count
+            (
+                u32s(&[20, trig_fd | vfio::VFIO_IRQ_SET_ACTION_MASK, 2, 0, 1]),
+                1,
+            ), // two actions
+            (
+                u32s(&[20, trig_fd | vfio::VFIO_IRQ_SET_DATA_BOOL, 2, 0, 1]),
+                1,
+            ), // two data types
+            (u32s(&[20, vfio::VFIO_IRQ_SET_ACTION_TRIGGER, 2, 0, 1]), 0), // no data type
+            (u32s(&[20, vfio::VFIO_IRQ_SET_DATA_NONE, 2, 0, 1]), 0),    // no action
+            (u32s(&[20, trig_fd | 0x100, 2, 0, 1]), 0),                 // unknown bit
+            (u32s(&[20, trig_fd, 2, 0, 3]), 2),                         // fd count != count
+            (
+                u32s(&[
+                    20,
+                    vfio::VFIO_IRQ_SET_DATA_NONE | vfio::VFIO_IRQ_SET_ACTION_TRIGGER,
+                    2,
+                    0,
+                    1,
+                ]),
+                1,
+            ), // fds without EVENTFD
+            (u32s(&[8, trig_fd, 2, 0, 1]), 1),                          // argsz
+            (u32s(&[20, trig_fd, 2, 0]), 0),                            // short
         ];
         for (p, nfds) in bad {
-            assert!(decode_request(&msg(Command::DeviceSetIrqs, &p), nfds).is_err(), "{p:?} {nfds}");
+            assert!(
+                decode_request(&msg(Command::DeviceSetIrqs, &p), nfds).is_err(),
+                "{p:?} {nfds}"
+            );
         }
     }
 
     #[test]
     fn region_read_write() {
         let mut b = MessageBuilder::command(9, Command::RegionRead);
-        RegionAccess { offset: 0x10, region: 0, count: 4 }.encode(&mut b);
+        RegionAccess {
+            offset: 0x10,
+            region: 0,
+            count: 4,
+        }
+        .encode(&mut b);
         let m = b.finish();
         assert_eq!(m.len(), 32);
         assert_eq!(&m[16..24], &0x10u64.to_ne_bytes());
         assert_eq!(&m[24..28], &0u32.to_ne_bytes());
         assert_eq!(&m[28..32], &4u32.to_ne_bytes());
-        assert!(matches!(decode_request(&m, 0).unwrap().1, Request::RegionRead(RegionAccess { count: 4, .. })));
+        assert!(matches!(
+            decode_request(&m, 0).unwrap().1,
+            Request::RegionRead(RegionAccess { count: 4, .. })
+        ));
         let mut b = MessageBuilder::command(10, Command::RegionWrite);
-        RegionAccess { offset: 0x4, region: 0, count: 4 }.encode(&mut b);
+        RegionAccess {
+            offset: 0x4,
+            region: 0,
+            count: 4,
+        }
+        .encode(&mut b);
         b.bytes(&[1, 2, 3, 4]);
         let m = b.finish();
         let (_, r) = decode_request(&m, 0).unwrap();
-        assert_eq!(r, Request::RegionWrite(RegionAccess { offset: 4, region: 0, count: 4 }, &[1, 2, 3, 4]));
+        assert_eq!(
+            r,
+            Request::RegionWrite(
+                RegionAccess {
+                    offset: 4,
+                    region: 0,
+                    count: 4
+                },
+                &[1, 2, 3, 4]
+            )
+        );
         // Write data length != count; an 8-byte write payload; a read with data.
         let mut bad = m.clone();
         bad[28..32].copy_from_slice(&5u32.to_ne_bytes());
@@ -2093,17 +2558,29 @@ mod tests {
         assert!(decode_request(&msg(Command::RegionRead, &[0; 20]), 0).is_err());
         // Replies.
         let mut b = MessageBuilder::reply(9, 9);
-        RegionAccess { offset: 0x10, region: 0, count: 2 }.encode(&mut b);
+        RegionAccess {
+            offset: 0x10,
+            region: 0,
+            count: 2,
+        }
+        .encode(&mut b);
         b.bytes(&[9, 8]);
         let r = b.finish();
-        assert_eq!(RegionAccess::decode_read_reply(&r[16..]).unwrap().1, &[9, 8]);
+        assert_eq!(
+            RegionAccess::decode_read_reply(&r[16..]).unwrap().1,
+            &[9, 8]
+        );
         assert!(RegionAccess::decode_read_reply(&r[16..r.len() - 1]).is_err());
     }
 
     #[test]
     fn dma_read_write_layout() {
         let mut b = MessageBuilder::command(1, Command::DmaWrite);
-        DmaAccess { address: 0x2000, count: 3 }.encode(&mut b);
+        DmaAccess {
+            address: 0x2000,
+            count: 3,
+        }
+        .encode(&mut b);
         b.bytes(&[1, 2, 3]);
         let m = b.finish();
         assert_eq!(&m[16..24], &0x2000u64.to_ne_bytes());
@@ -2115,15 +2592,28 @@ mod tests {
         assert_eq!(DmaAccess::decode_write_reply(&[]).unwrap(), None);
         assert!(DmaAccess::decode_write_reply(&[0; 12]).is_err());
         // Server→client commands are not client requests.
-        assert!(matches!(decode_request(&m, 0), Err(DecodeError::UnknownCommand(12))));
+        assert!(matches!(
+            decode_request(&m, 0),
+            Err(DecodeError::UnknownCommand(12))
+        ));
     }
 
     #[test]
     fn write_multi() {
         let w = WriteMulti {
             entries: vec![
-                WriteMultiEntry { offset: 0x10, region: 0, count: 4, data: [1, 2, 3, 4, 0, 0, 0, 0] },
-                WriteMultiEntry { offset: 0x20, region: 2, count: 8, data: [8; 8] },
+                WriteMultiEntry {
+                    offset: 0x10,
+                    region: 0,
+                    count: 4,
+                    data: [1, 2, 3, 4, 0, 0, 0, 0],
+                },
+                WriteMultiEntry {
+                    offset: 0x20,
+                    region: 2,
+                    count: 8,
+                    data: [8; 8],
+                },
             ],
         };
         let mut b = MessageBuilder::command(1, Command::RegionWriteMulti);
@@ -2132,10 +2622,16 @@ mod tests {
         assert_eq!(m.len(), 16 + 8 + 48);
         assert_eq!(&m[16..24], &2u64.to_ne_bytes());
         assert_eq!(&m[24 + 24 + 16..24 + 24 + 24], &[8; 8]);
-        assert_eq!(decode_request(&m, 0).unwrap().1, Request::RegionWriteMulti(w));
+        assert_eq!(
+            decode_request(&m, 0).unwrap().1,
+            Request::RegionWriteMulti(w)
+        );
         let mut bad = m.clone();
         bad[16..24].copy_from_slice(&3u64.to_ne_bytes());
-        assert!(decode_request(&bad, 0).is_err(), "count larger than entries");
+        assert!(
+            decode_request(&bad, 0).is_err(),
+            "count larger than entries"
+        );
         let mut bad = m.clone();
         bad[24 + 12..24 + 16].copy_from_slice(&9u32.to_ne_bytes());
         assert!(decode_request(&bad, 0).is_err(), "entry count 9");
@@ -2144,26 +2640,44 @@ mod tests {
 
     #[test]
     fn device_feature_and_migration_data() {
-        let probe = vfio::VFIO_DEVICE_FEATURE_PROBE | vfio::VFIO_DEVICE_FEATURE_GET | vfio::VFIO_DEVICE_FEATURE_MIGRATION;
+        let probe = vfio::VFIO_DEVICE_FEATURE_PROBE
+            | vfio::VFIO_DEVICE_FEATURE_GET
+            | vfio::VFIO_DEVICE_FEATURE_MIGRATION;
         let m_ = msg(Command::DeviceFeature, &u32s(&[16, probe, 0, 0]));
         let (_, r) = decode_request(&m_, 0).unwrap();
-        let Request::DeviceFeature(f) = r else { panic!() };
+        let Request::DeviceFeature(f) = r else {
+            panic!()
+        };
         assert_eq!(f.feature(), vfio::VFIO_DEVICE_FEATURE_MIGRATION);
         assert_eq!(f.data.len(), 8);
         for bad in [
-            u32s(&[16, vfio::VFIO_DEVICE_FEATURE_MIGRATION]),                                                     // no op
-            u32s(&[16, vfio::VFIO_DEVICE_FEATURE_GET | vfio::VFIO_DEVICE_FEATURE_SET | 1]),                     // get+set
-            u32s(&[4, vfio::VFIO_DEVICE_FEATURE_GET | 1]),                                                        // argsz
-            u32s(&[16, 1 << 20 | vfio::VFIO_DEVICE_FEATURE_GET]),                                                 // unknown bit
-            u32s(&[16]),                                                                                          // short
+            u32s(&[16, vfio::VFIO_DEVICE_FEATURE_MIGRATION]), // no op
+            u32s(&[
+                16,
+                vfio::VFIO_DEVICE_FEATURE_GET | vfio::VFIO_DEVICE_FEATURE_SET | 1,
+            ]), // get+set
+            u32s(&[4, vfio::VFIO_DEVICE_FEATURE_GET | 1]),    // argsz
+            u32s(&[16, 1 << 20 | vfio::VFIO_DEVICE_FEATURE_GET]), // unknown bit
+            u32s(&[16]),                                      // short
         ] {
-            assert!(decode_request(&msg(Command::DeviceFeature, &bad), 0).is_err(), "{bad:?}");
+            assert!(
+                decode_request(&msg(Command::DeviceFeature, &bad), 0).is_err(),
+                "{bad:?}"
+            );
         }
         let m_ = msg(Command::MigDataRead, &u32s(&[8, 4096]));
         let (_, r) = decode_request(&m_, 0).unwrap();
-        assert!(matches!(r, Request::MigDataRead(MigData { size: 4096, .. })));
+        assert!(matches!(
+            r,
+            Request::MigDataRead(MigData { size: 4096, .. })
+        ));
         let p = [&u32s(&[8, 3])[..], &[1, 2, 3]].concat();
-        assert!(matches!(decode_request(&msg(Command::MigDataWrite, &p), 0).unwrap().1, Request::MigDataWrite(MigData { size: 3, .. })));
+        assert!(matches!(
+            decode_request(&msg(Command::MigDataWrite, &p), 0)
+                .unwrap()
+                .1,
+            Request::MigDataWrite(MigData { size: 3, .. })
+        ));
         assert!(decode_request(&msg(Command::MigDataWrite, &p[..10]), 0).is_err());
         assert!(decode_request(&msg(Command::MigDataRead, &u32s(&[8])), 0).is_err());
     }
@@ -2178,19 +2692,28 @@ mod tests {
         for c in [0u16, 14, 19, 0xffff] {
             let mut m = msg(Command::DeviceReset, &[]);
             m[2..4].copy_from_slice(&c.to_ne_bytes());
-            assert!(matches!(decode_request(&m, 0), Err(DecodeError::UnknownCommand(_))), "{c}");
+            assert!(
+                matches!(decode_request(&m, 0), Err(DecodeError::UnknownCommand(_))),
+                "{c}"
+            );
         }
         // msg_size disagreeing with the bytes.
         let mut m = msg(Command::DeviceReset, &[]);
         m[4..8].copy_from_slice(&20u32.to_ne_bytes());
-        assert!(matches!(decode_request(&m, 0), Err(DecodeError::SizeMismatch { .. })));
+        assert!(matches!(
+            decode_request(&m, 0),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
         // RESET with a payload; fds on a command that takes none.
         assert!(decode_request(&msg(Command::DeviceReset, &[0]), 0).is_err());
         assert!(decode_request(&msg(Command::DeviceReset, &[]), 1).is_err());
         // Error replies carry only the header.
         let e = error_reply(5, 9, Errno::INVAL);
         let h = Header::decode(&e).unwrap();
-        assert_eq!((h.msg_id, h.command, h.msg_size, h.error_no), (5, 9, 16, 22));
+        assert_eq!(
+            (h.msg_id, h.command, h.msg_size, h.error_no),
+            (5, 9, 16, 22)
+        );
         assert!(h.is_reply() && h.is_error());
     }
 }

@@ -12,6 +12,9 @@ fn connect_read_write_bar0() {
     assert_eq!(c.read_u64(0, 0x10).unwrap(), 0x1122_3344_5566_7788);
     c.close();
     server.stop().unwrap();
-    assert_eq!(events.connected.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        events.connected.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     assert!(!path.exists());
 }

@@ -34,8 +34,13 @@
 //! - polled ([`attach_polled`], and [`attach`] on a device with doorbell pages): one worker
 //!   thread polls every queue pair with bursts of [`BURST`], reading the tails from the
 //!   mmapped doorbell pages (or taking trapped tail writes). Idle, it spins, then yields, then
-//!   sleeps with a doubling interval up to [`PollConfig::max_sleep`]; it stops when the data
-//!   path is detached or the device closes. Each pair sits behind its own mutex, taken once
+//!   sleeps on eventfds with a doubling timeout up to [`PollConfig::max_sleep`]: its own waker
+//!   (detach, trapped tail writes) and, on a device with kick doorbells
+//!   ([`crate::IavfConfig::doorbell_kicks`]), the queue pairs' kick eventfds, which a client
+//!   signals after storing a tail ([`crate::driver::IavfDriver::enable_kicks`]). Once a kick
+//!   has woken it, an idle worker sleeps up to [`PollConfig::kicked_sleep`] (interrupt mode);
+//!   a client that stores without kicking is noticed when a sleep times out onto work, and
+//!   polled again. It stops when the data path is detached or the device closes. Each pair sits behind its own mutex, taken once
 //!   per burst (uncontended in steady state) and by the queue callbacks, so a stopped queue is
 //!   never touched afterwards.
 //!
@@ -554,6 +559,17 @@ impl PollConfig {
         let shift = (idle - spun - 1).min(20);
         Some(Duration::from_micros(1u64 << shift).min(self.max_sleep))
     }
+
+    /// [`PollConfig::sleep_for`] for a worker whose client kicks (`kicker`): a sleep is then at
+    /// least `kicked_sleep`, unless the back-end originates frames (nobody kicks for those).
+    fn idle_sleep(&self, idle: u32, kicker: bool, originates: bool) -> Option<Duration> {
+        let d = self.sleep_for(idle)?;
+        Some(if kicker && !originates {
+            d.max(self.kicked_sleep)
+        } else {
+            d
+        })
+    }
 }
 
 /// How the attached data path is driven.
@@ -717,19 +733,12 @@ fn poll_loop(
         }
         timed_out = false;
         idle = idle.saturating_add(1);
-        match cfg.sleep_for(idle) {
-            Some(d) => {
-                let d = if kicker && !originates {
-                    cfg.kicked_sleep.max(d)
-                } else {
-                    d
-                };
-                match waiter.sleep(d) {
-                    Woken::Kick => kicker = true,
-                    Woken::Timeout => timed_out = true,
-                    Woken::Waker => {}
-                }
-            }
+        match cfg.idle_sleep(idle, kicker, originates) {
+            Some(d) => match waiter.sleep(d) {
+                Woken::Kick => kicker = true,
+                Woken::Timeout => timed_out = true,
+                Woken::Waker => {}
+            },
             None if idle > cfg.spin_polls => std::thread::yield_now(),
             None => std::hint::spin_loop(),
         }
@@ -832,8 +841,8 @@ impl DataPathProvider for IavfDatapath {
         if let Mode::Polled(cfg) = &self.mode {
             let rejected =
                 |e| ProviderError::Rejected(format!("cannot start the data-path worker: {e}"));
-            let waiter = Waiter::new(kick_fds(&dev, n), self.worker_counters.clone())
-                .map_err(rejected)?;
+            let waiter =
+                Waiter::new(kick_fds(&dev, n), self.worker_counters.clone()).map_err(rejected)?;
             let w = Worker::spawn(self.pairs.clone(), cfg.clone(), waiter, originates)
                 .map_err(rejected)?;
             self.worker = Some(w);

@@ -235,6 +235,7 @@ fn idle_back_off_spins_then_yields_then_sleeps_longer_up_to_the_cap() {
         spin_polls: 10,
         yield_polls: 5,
         max_sleep: std::time::Duration::from_micros(100),
+        kicked_sleep: std::time::Duration::from_millis(50),
         on_start: None,
     };
     assert_eq!(cfg.sleep_for(1), None);
@@ -248,6 +249,17 @@ fn idle_back_off_spins_then_yields_then_sleeps_longer_up_to_the_cap() {
     assert_eq!(us(17), Some(2));
     assert_eq!(us(20), Some(16));
     assert_eq!(us(23), Some(100), "capped");
+    // A kicking client: every sleep is the long one, the spin and yield phases stay.
+    let kicked = |idle, originates| {
+        cfg.idle_sleep(idle, true, originates)
+            .map(|d| d.as_micros())
+    };
+    assert_eq!(kicked(15, false), None);
+    assert_eq!(kicked(16, false), Some(50_000));
+    assert_eq!(kicked(23, false), Some(50_000));
+    // ...unless the back-end originates frames: nobody kicks for those.
+    assert_eq!(kicked(17, true), Some(2));
+    assert_eq!(cfg.idle_sleep(17, false, false), cfg.sleep_for(17));
     assert_eq!(us(u32::MAX), Some(100), "never back to spinning while idle");
 }
 

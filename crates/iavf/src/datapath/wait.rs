@@ -156,7 +156,13 @@ mod tests {
         assert_eq!(w.sleep(Duration::from_secs(30)), Woken::Kick);
         // Drained: the next sleep times out again.
         assert_eq!(w.sleep(Duration::from_millis(20)), Woken::Timeout);
-        assert_eq!(counters.snapshot(), WorkerStats { sleeps: 4, kicks: 1 });
+        assert_eq!(
+            counters.snapshot(),
+            WorkerStats {
+                sleeps: 4,
+                kicks: 1
+            }
+        );
         // Another thread's wake ends a long sleep.
         let w = Arc::new(w);
         let w2 = w.clone();

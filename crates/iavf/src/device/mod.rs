@@ -61,8 +61,8 @@ mod tests;
 
 use thiserror::Error;
 
-pub use self::pci::{CreateIavfError, IavfDevice, IavfHandle, IrqOutcome};
 pub(crate) use self::pci::WeakIavfHandle;
+pub use self::pci::{CreateIavfError, IavfDevice, IavfHandle, IrqOutcome};
 pub use self::stats::{IavfStats, VsiStats};
 
 use crate::spec::regs::{MAX_QUEUE_PAIRS, MAX_VECTORS};

@@ -723,14 +723,27 @@ fn linux_style_reset_keeps_version_and_ends_vfactive() {
     r.w32(VF_ATQT1, t);
     let done = r.desc(at);
     assert!(done.has(aq::FLAG_DD | aq::FLAG_CMP), "{done:?}");
-    assert!(!done.has(aq::FLAG_ERR), "queue shutdown is not an error: {done:?}");
-    assert_eq!(r.stats().aq_errors, errors, "queue shutdown is not counted as an AQ error");
+    assert!(
+        !done.has(aq::FLAG_ERR),
+        "queue shutdown is not an error: {done:?}"
+    );
+    assert_eq!(
+        r.stats().aq_errors,
+        errors,
+        "queue shutdown is not counted as an AQ error"
+    );
     r.send(VirtchnlOp::ResetVf.raw(), &[]);
     assert_eq!(r.r32(VF_ARQLEN1) & AQLEN_ENABLE, 0);
-    assert_eq!(VfrState::from_rstat(r.r32(VFGEN_RSTAT)), Some(VfrState::VfActive));
+    assert_eq!(
+        VfrState::from_rstat(r.r32(VFGEN_RSTAT)),
+        Some(VfrState::VfActive)
+    );
     r.aq_init();
     // No VERSION this time.
-    let res = r.ok(VirtchnlOp::GetVfResources, &(caps::L2 | caps::RSS_PF).to_le_bytes());
+    let res = r.ok(
+        VirtchnlOp::GetVfResources,
+        &(caps::L2 | caps::RSS_PF).to_le_bytes(),
+    );
     assert!(!res.is_empty());
     assert_eq!(r.stats().vc_errors, 0);
 }
