@@ -21,7 +21,8 @@
 //! - `EMUDEV_BENCH_RUNS`: runs per size (default 3).
 //! - `EMUDEV_BENCH_PIN=0`: do not pin (default: device to CPU 0, client to CPU 1).
 //! - `EMUDEV_BENCH_DPDK=0`: skip the DPDK reference.
-//! - `EMUDEV_BENCH_MODE=trapped`: trapped tails, inline data path (default `mmap`).
+//! - `EMUDEV_BENCH_MODE=trapped`: trapped tails, inline data path (default `mmap`); `kick`:
+//!   doorbell pages plus kick eventfds the client signals after each tail store.
 //! - `EMUDEV_BENCH_SIZES=64,1500`: the frame sizes (default both).
 
 use std::path::{Path, PathBuf};
@@ -50,11 +51,20 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 /// One run: packets per second received (and forwarded back) by the client.
-fn run_once(dir: &Path, n: usize, size: usize, secs: u64, pin: bool, mmap: bool) -> f64 {
+fn run_once(
+    dir: &Path,
+    n: usize,
+    size: usize,
+    secs: u64,
+    pin: bool,
+    mmap: bool,
+    kick: bool,
+) -> f64 {
     let path = dir.join(format!("dp{n}.sock"));
     let cfg = IavfConfig::new("emu_iavf0")
         .with_queues(1)
-        .with_doorbell_pages(mmap);
+        .with_doorbell_pages(mmap)
+        .with_doorbell_kicks(kick);
     let dev = IavfDevice::new(cfg).expect("device");
     let handle = dev.handle();
     let server = dev.serve(&path, ServerConfig::default()).expect("bind");
@@ -91,6 +101,9 @@ fn run_once(dir: &Path, n: usize, size: usize, secs: u64, pin: bool, mmap: bool)
             d.map_doorbells().expect("map doorbells"),
             "no doorbell pages"
         );
+    }
+    if kick {
+        assert!(d.enable_kicks().expect("kicks") > 0, "no kick eventfds");
     }
     let link = d.bring_up(&cfg).expect("bring-up");
     assert!(link.up, "link down");
@@ -168,8 +181,12 @@ fn main() {
     let pin = cpus > 1 && std::env::var("EMUDEV_BENCH_PIN").map_or(true, |v| v != "0");
     let dir: PathBuf = std::env::temp_dir().join(format!("emudev-bench-dp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let mmap = std::env::var("EMUDEV_BENCH_MODE").map_or(true, |v| v != "trapped");
-    let mode = if mmap {
+    let mode_env = std::env::var("EMUDEV_BENCH_MODE").unwrap_or_default();
+    let mmap = mode_env != "trapped";
+    let kick = mode_env == "kick";
+    let mode = if kick {
+        "mmapped doorbells kicked through eventfds, polled worker"
+    } else if mmap {
         "mmapped doorbells, polled worker"
     } else {
         "trapped tails, inline"
@@ -214,7 +231,7 @@ fn main() {
         let mut ours = Vec::new();
         let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
         for run in 1..=runs {
-            let r = run_once(&dir, n, size, secs, pin, mmap) / 1e6;
+            let r = run_once(&dir, n, size, secs, pin, mmap, kick) / 1e6;
             n += 1;
             println!("  run {run} emudev {size}B {r:.3} Mpps (load {})", load());
             ours.push(r);

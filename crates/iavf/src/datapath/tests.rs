@@ -236,6 +236,7 @@ fn idle_back_off_spins_then_yields_then_sleeps_longer_up_to_the_cap() {
         yield_polls: 5,
         max_sleep: std::time::Duration::from_micros(100),
         kicked_sleep: std::time::Duration::from_millis(50),
+        kicked_spin_polls: 3,
         on_start: None,
     };
     assert_eq!(cfg.sleep_for(1), None);
@@ -249,13 +250,13 @@ fn idle_back_off_spins_then_yields_then_sleeps_longer_up_to_the_cap() {
     assert_eq!(us(17), Some(2));
     assert_eq!(us(20), Some(16));
     assert_eq!(us(23), Some(100), "capped");
-    // A kicking client: every sleep is the long one, the spin and yield phases stay.
+    // A kicking client: a short spin, then every sleep is the long one.
     let kicked = |idle, originates| {
         cfg.idle_sleep(idle, true, originates)
             .map(|d| d.as_micros())
     };
-    assert_eq!(kicked(15, false), None);
-    assert_eq!(kicked(16, false), Some(50_000));
+    assert_eq!(kicked(3, false), None);
+    assert_eq!(kicked(4, false), Some(50_000));
     assert_eq!(kicked(23, false), Some(50_000));
     // ...unless the back-end originates frames: nobody kicks for those.
     assert_eq!(kicked(17, true), Some(2));
