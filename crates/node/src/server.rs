@@ -784,7 +784,10 @@ mod tests {
             })
         };
         let c = kicks(None).expect("kicks");
-        assert!(c.doorbell_pages && c.doorbell_kicks, "kicks bring the pages");
+        assert!(
+            c.doorbell_pages && c.doorbell_kicks,
+            "kicks bring the pages"
+        );
         assert!(kicks(Some(true)).expect("both").doorbell_kicks);
         let e = kicks(Some(false)).expect_err("kicks without pages");
         assert!(e.reason.contains("doorbellKicks"), "{}", e.reason);
