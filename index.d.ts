@@ -819,6 +819,13 @@ export interface IavfStats {
   irqsRaised: number
   /** Of those, the ones that reached no eventfd. */
   irqsUndelivered: number
+  /** Queue interrupts folded into one already held by ITR moderation. */
+  irqsCoalesced: number
+  /**
+   * Queue interrupts held by ITR moderation and fired when the window ended (also in
+   * `irqsRaised`).
+   */
+  irqsDeferred: number
   /** Updates the emudev object model refused (a device bug if non-zero). */
   emuErrors: number
 }

@@ -30,6 +30,8 @@ const IAVF_STATS_KEYS = [
   'linkEvents',
   'irqsRaised',
   'irqsUndelivered',
+  'irqsCoalesced',
+  'irqsDeferred',
   'emuErrors',
 ]
 

@@ -539,7 +539,7 @@ test('stop() is bounded even when the port never yields again', async (t) => {
   const t0 = Date.now()
   t.false(await r.stop())
   const took = Date.now() - t0
-  t.true(took >= 45 && took < 1000, `stop took ${took} ms`)
+  t.true(took >= 45 && took < 5000, `stop took ${took} ms`)
   // let the fake go: the loop sees the abort and ends
   port.stuck?.()
   await running

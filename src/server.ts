@@ -134,7 +134,7 @@ export function statsSummary(dev: ServedDevice): string {
     return (
       `${base}; ${i.mmioReads} MMIO reads, ${i.mmioWrites} writes, ${i.aqCommands} admin commands ` +
       `(${i.aqErrors} faults), virtchnl ${i.vcOk} ok / ${i.vcErrors} refused (${i.vcNotSupported} not supported), ` +
-      `${i.linkEvents} link events, ${i.vfResets} VF resets, ${i.irqsRaised} interrupts (${i.irqsUndelivered} undelivered)`
+      `${i.linkEvents} link events, ${i.vfResets} VF resets, ${i.irqsRaised} interrupts (${i.irqsUndelivered} undelivered, ${i.irqsDeferred} held by ITR)`
     )
   }
   const e = dev.server.eduStats()

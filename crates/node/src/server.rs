@@ -132,6 +132,11 @@ pub struct JsIavfStats {
     pub irqs_raised: f64,
     /// Of those, the ones that reached no eventfd.
     pub irqs_undelivered: f64,
+    /// Queue interrupts folded into one already held by ITR moderation.
+    pub irqs_coalesced: f64,
+    /// Queue interrupts held by ITR moderation and fired when the window ended (also in
+    /// `irqsRaised`).
+    pub irqs_deferred: f64,
     /// Updates the emudev object model refused (a device bug if non-zero).
     pub emu_errors: f64,
 }
@@ -153,6 +158,8 @@ impl From<emudev_iavf::IavfStats> for JsIavfStats {
             link_events: s.link_events as f64,
             irqs_raised: s.irqs_raised as f64,
             irqs_undelivered: s.irqs_undelivered as f64,
+            irqs_coalesced: s.irqs_coalesced as f64,
+            irqs_deferred: s.irqs_deferred as f64,
             emu_errors: s.emu_errors as f64,
         }
     }

@@ -24,7 +24,30 @@ impl RingPos {
         if self.len == 0 {
             return 0;
         }
-        (self.tail + self.len - self.head) % self.len
+        self.wrap(self.tail + self.len - self.head)
+    }
+
+    /// `i` folded into the ring, for `i < 2 * len` (one subtraction, no division: ring sizes
+    /// are not known at compile time and a `%` costs a divide per descriptor).
+    #[inline]
+    pub(crate) fn wrap(&self, i: u32) -> u32 {
+        debug_assert!(i < 2 * self.len.max(1));
+        if i >= self.len {
+            i - self.len
+        } else {
+            i
+        }
+    }
+
+    /// The index after `i` (< len).
+    #[inline]
+    pub(crate) fn next(&self, i: u32) -> u32 {
+        let n = i + 1;
+        if n >= self.len {
+            0
+        } else {
+            n
+        }
     }
 
     /// Moves the head; refused (false, nothing changes) beyond the ring.
@@ -58,6 +81,8 @@ mod tests {
         assert_eq!(r.between(), 5);
         assert!(r.set_head(6));
         assert_eq!(r.between(), 7, "the tail is behind the head: it wrapped");
+        assert_eq!((r.wrap(7), r.wrap(8), r.wrap(15)), (7, 0, 7));
+        assert_eq!((r.next(6), r.next(7)), (7, 0));
         assert!(!r.set_tail(8));
         assert!(!r.set_head(9));
         assert_eq!((r.head, r.tail), (6, 5));

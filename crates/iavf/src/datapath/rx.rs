@@ -123,17 +123,16 @@ impl RxBurst<'_> {
     /// ones when it is among them; otherwise loads the next run of posted descriptors.
     fn addr_at(&mut self, ring: &DmaWindow, idx: u32) -> Option<u64> {
         let len = self.eng.pos.len;
-        let rel = (idx + len - self.pre_start) % len;
+        let pos = self.eng.pos;
+        let rel = pos.wrap(idx + len - self.pre_start);
         if rel < self.pre_len {
             return Some(self.pre[rel as usize]);
         }
-        let avail = ((self.eng.pos.tail + len - idx) % len)
-            .min(PRELOAD as u32)
-            .max(1);
+        let avail = pos.wrap(pos.tail + len - idx).min(PRELOAD as u32).max(1);
         self.pre_start = idx;
         self.pre_len = 0;
         for k in 0..avail {
-            let off = u64::from((idx + k) % len) * RX_DESC32_SIZE as u64;
+            let off = u64::from(pos.wrap(idx + k)) * RX_DESC32_SIZE as u64;
             match ring.load_u64(off, Ordering::Acquire) {
                 Ok(a) => {
                     self.pre[k as usize] = a;
@@ -203,15 +202,20 @@ impl RxBurst<'_> {
     fn write_frame(&mut self, ring: &DmaWindow, frame: &[u8]) -> bool {
         let e = &mut *self.eng;
         let bs = e.buf_size as usize;
-        let needed = frame.len().div_ceil(bs);
+        // One buffer is the common case: no division for it.
+        let needed = if frame.len() <= bs {
+            1
+        } else {
+            frame.len().div_ceil(bs)
+        };
         if needed > e.available() as usize {
             self.tally.drops += 1;
             return false;
         }
         // Data first, into every buffer of the chain.
         let mut ok = true;
-        let mut idx = e.pos.head;
-        let len = e.pos.len;
+        let pos = e.pos;
+        let mut idx = pos.head;
         for chunk in frame.chunks(bs) {
             match self.addr_at(ring, idx) {
                 Some(addr) => {
@@ -222,7 +226,7 @@ impl RxBurst<'_> {
                 }
                 None => ok = false,
             }
-            idx = (idx + 1) % len;
+            idx = pos.next(idx);
         }
         let e = &mut *self.eng;
         // Then the write-backs, qword1 last in each.
@@ -245,7 +249,7 @@ impl RxBurst<'_> {
             if stored.is_err() {
                 ok = false;
             }
-            idx = (idx + 1) % e.pos.len;
+            idx = e.pos.next(idx);
         }
         e.pos.head = idx;
         self.written += 1;

@@ -95,7 +95,7 @@ impl TxEngine {
         let mut pre = [(0u64, 0u64); PRELOAD];
         let ahead = (self.pending() as usize).min(PRELOAD);
         for (k, slot) in pre.iter_mut().take(ahead).enumerate() {
-            let off = u64::from((self.pos.head + k as u32) % self.pos.len) * TX_DESC_SIZE as u64;
+            let off = u64::from(self.pos.wrap(self.pos.head + k as u32)) * TX_DESC_SIZE as u64;
             match (
                 ring.load_u64(off, Ordering::Acquire),
                 ring.load_u64(off + 8, Ordering::Acquire),
@@ -155,7 +155,7 @@ impl TxEngine {
                     self.bad = true;
                 }
             }
-            self.pos.head = (self.pos.head + 1) % self.pos.len;
+            self.pos.head = self.pos.next(self.pos.head);
             descs += 1;
         }
         packets

@@ -1,5 +1,6 @@
 //! The VF's state behind one lock ([`Core`]): the BAR0 register file, the admin-queue engine,
-//! interrupt gating, and the VF reset. The virtchnl handlers are in `vc.rs`.
+//! interrupt gating and moderation (the ITR rules are in `itr.rs`), and the VF reset. The
+//! virtchnl handlers are in `vc.rs`.
 //!
 //! Core methods never call into the emudev object model: what should change there is collected
 //! as [`EmuOp`]s in the [`Io`] and applied by the caller after the lock is released, because
@@ -8,15 +9,17 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use emudev::{AttrValue, QueueConfig, QueueId, QueueKind, RegionMapping};
 use emudev_dma::Iova;
 use emudev_pci::{FireOutcome, IrqSink, MsixTable};
 use emudev_vfio_user::DeviceContext;
 
+use super::itr::{itr_interval, Decision, Moderator};
 use super::queue_ids;
 use super::stats::{Counters, VsiStats};
-use super::{IavfSnapshot, RxQueueState, TxQueueState, ARQ_PENDING_MAX};
+use super::{IavfSnapshot, IrqOutcome, RxQueueState, TxQueueState, ARQ_PENDING_MAX};
 use crate::spec::aq::{self, rc, AqDesc};
 use crate::spec::regs::*;
 use crate::spec::virtchnl::{pctype, VersionInfo, VirtchnlStatus};
@@ -241,6 +244,8 @@ pub(crate) struct Core {
     misc_pending: bool,
     dyn_ctln1: [u32; MAX_QUEUE_PAIRS as usize],
     itrn1: [[u32; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
+    /// ITR moderation of each MSI-X vector (0..=16) for queue interrupts.
+    moderators: [Moderator; MAX_VECTORS as usize],
     tx_tail: [u32; MAX_QUEUE_PAIRS as usize],
     rx_tail: [u32; MAX_QUEUE_PAIRS as usize],
     /// With doorbell pages: BAR0's mmapped tail pages, where the tails really live (a client's
@@ -274,6 +279,7 @@ impl Core {
             misc_pending: false,
             dyn_ctln1: [0; MAX_QUEUE_PAIRS as usize],
             itrn1: [[0; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
+            moderators: [Moderator::default(); MAX_VECTORS as usize],
             tx_tail: [0; MAX_QUEUE_PAIRS as usize],
             rx_tail: [0; MAX_QUEUE_PAIRS as usize],
             tail_page: None,
@@ -407,6 +413,11 @@ impl Core {
         }
         if let Some(n) = dyn_ctln1_index(off) {
             self.dyn_ctln1[n] = v & !DYN_CTL_ACTIONS;
+            if let Some((i, interval)) = dyn_ctl_itr_update(v) {
+                self.itrn1[i][n] = interval;
+            }
+            // WB_ON_ITR (bit 30) is stored and needs nothing more: the data path writes every
+            // descriptor back at once, so there is never a write-back left for the ITR.
             if v & DYN_CTL_SWINT_TRIG != 0 && v & DYN_CTL_INTENA != 0 {
                 // n < 16, so the vector fits.
                 io.fire(n as u16 + 1);
@@ -475,6 +486,9 @@ impl Core {
             }
             VFINT_DYN_CTL01 => {
                 self.dyn_ctl01 = v & !DYN_CTL_ACTIONS;
+                if let Some((i, interval)) = dyn_ctl_itr_update(v) {
+                    self.itr01[i] = interval;
+                }
                 if v & DYN_CTL_SWINT_TRIG != 0 && v & DYN_CTL_INTENA != 0 {
                     io.fire(0);
                 }
@@ -536,6 +550,113 @@ impl Core {
             .checked_sub(1)
             .and_then(|n| self.dyn_ctln1.get(usize::from(n)))
             .is_some_and(|v| v & DYN_CTL_INTENA != 0)
+    }
+
+    /// Whether `vector` may fire for a queue cause: `DYN_CTL01.INTENA` for vector 0,
+    /// `DYN_CTLN1(vector - 1).INTENA` otherwise.
+    fn vector_enabled(&self, vector: u16) -> bool {
+        if vector == 0 {
+            self.misc_enabled()
+        } else {
+            self.queue_vector_enabled(vector)
+        }
+    }
+
+    /// The ITR index moderating `vector`: the `rxitr_idx` of the lowest-numbered RX queue
+    /// CONFIG_IRQ_MAP put on it, else the `txitr_idx` of its lowest-numbered TX queue; `None`
+    /// for a vector without queues or mapped with index 3 (NO_ITR).
+    fn vector_itr_index(&self, vector: u16) -> Option<usize> {
+        let rx = self.vf.rx.iter().find(|r| r.vector == Some(vector));
+        let idx = match rx {
+            Some(r) => r.itr_idx,
+            None => {
+                self.vf
+                    .tx
+                    .iter()
+                    .find(|t| t.vector == Some(vector))?
+                    .itr_idx
+            }
+        };
+        (idx < ITR_INDEXES).then_some(usize::from(idx))
+    }
+
+    /// The moderation interval of `vector` now: `ITR01(i)` for vector 0, `ITRN1(i, vector - 1)`
+    /// otherwise, `i` from [`Core::vector_itr_index`]; zero (no moderation) without an index.
+    pub(crate) fn vector_interval(&self, vector: u16) -> Duration {
+        let Some(i) = self.vector_itr_index(vector) else {
+            return Duration::ZERO;
+        };
+        let units = if vector == 0 {
+            self.itr01.get(i)
+        } else {
+            vector
+                .checked_sub(1)
+                .and_then(|n| self.itrn1.get(i)?.get(usize::from(n)))
+        };
+        itr_interval(units.copied().unwrap_or(0))
+    }
+
+    /// A queue interrupt on `vector` at `now` (see `itr.rs`): gated by INTENA, then fired,
+    /// held or coalesced by the vector's moderation. Returns what happened and, when an
+    /// interrupt is pending on the vector, when it is due (for the timer).
+    pub(crate) fn raise_queue_irq(
+        &mut self,
+        io: &mut Io,
+        vector: u16,
+        now: Instant,
+    ) -> (IrqOutcome, Option<Instant>) {
+        if !self.vector_enabled(vector) {
+            return (IrqOutcome::Gated, None);
+        }
+        let interval = self.vector_interval(vector);
+        let Some(m) = self.moderators.get_mut(usize::from(vector)) else {
+            // Enabled vectors are at most 16: not reached.
+            return (IrqOutcome::Gated, None);
+        };
+        match m.raise(now, interval) {
+            Decision::Fire => (fire_outcome(io.fire(vector)), None),
+            Decision::FireDue => {
+                Counters::bump(&io.counters.irqs_coalesced);
+                Counters::bump(&io.counters.irqs_deferred);
+                (fire_outcome(io.fire(vector)), None)
+            }
+            Decision::Deferred(at) => (IrqOutcome::Deferred, Some(at)),
+            Decision::Coalesced(at) => {
+                Counters::bump(&io.counters.irqs_coalesced);
+                (IrqOutcome::Coalesced, Some(at))
+            }
+        }
+    }
+
+    /// Fires the held queue interrupts due at `now` (every held one with `all`) whose vector
+    /// is enabled; the others are dropped as a gated raise is. Returns the next deadline.
+    pub(crate) fn expire_moderation(
+        &mut self,
+        io: &mut Io,
+        now: Instant,
+        all: bool,
+    ) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for v in 0..MAX_VECTORS {
+            let enabled = self.vector_enabled(v);
+            let Some(m) = self.moderators.get_mut(usize::from(v)) else {
+                continue;
+            };
+            let due = if all {
+                m.take_pending()
+            } else {
+                m.take_due(now)
+            };
+            if due && enabled {
+                m.fired(now);
+                Counters::bump(&io.counters.irqs_deferred);
+                io.fire(v);
+            }
+            if let Some(d) = m.deadline() {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        next
     }
 
     // ----- admin transmit queue ----------------------------------------------------------------
@@ -783,6 +904,9 @@ impl Core {
         self.misc_pending = false;
         self.dyn_ctln1 = [0; MAX_QUEUE_PAIRS as usize];
         self.itrn1 = [[0; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize];
+        for m in &mut self.moderators {
+            m.reset();
+        }
         self.tx_tail = [0; MAX_QUEUE_PAIRS as usize];
         self.rx_tail = [0; MAX_QUEUE_PAIRS as usize];
         for q in 0..MAX_QUEUE_PAIRS {
@@ -821,6 +945,23 @@ fn dyn_ctln1_index(off: u64) -> Option<usize> {
     dword_index(off, VFINT_DYN_CTLN1_BASE, MAX_QUEUE_PAIRS)
 }
 
+/// The ITR a `DYN_CTL*` write updates and the interval it stores there: `ITR_INDX` 0..=2 takes
+/// the `INTERVAL` field (2 µs units); 3 (NO_ITR) updates nothing.
+fn dyn_ctl_itr_update(v: u32) -> Option<(usize, u32)> {
+    let i = ((v & DYN_CTL_ITR_INDX_MASK) >> DYN_CTL_ITR_INDX_SHIFT) as usize;
+    let interval = (v & DYN_CTL_INTERVAL_MASK) >> DYN_CTL_INTERVAL_SHIFT;
+    (i < usize::from(ITR_INDEXES)).then_some((i, interval))
+}
+
+/// The [`IrqOutcome`] of an [`Io::fire`].
+fn fire_outcome(f: Option<FireOutcome>) -> IrqOutcome {
+    match f {
+        Some(FireOutcome::Delivered) => IrqOutcome::Delivered,
+        Some(FireOutcome::Pending) => IrqOutcome::Pending,
+        Some(FireOutcome::Disabled) | None => IrqOutcome::Undelivered,
+    }
+}
+
 fn dword_of(bytes: &[u8], i: usize) -> u32 {
     let mut d = [0u8; 4];
     if let Some(s) = bytes.get(4 * i..4 * i + 4) {
@@ -837,7 +978,321 @@ fn set_dword(bytes: &mut [u8], i: usize, v: u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pci::pci_config;
+    use super::super::IavfConfig;
     use super::*;
+    use emudev_pci::MsixMaskMode;
+
+    /// A core and what its `Io` borrows; no transport (every fire is undelivered but counted).
+    struct Bench {
+        core: Core,
+        msix: MsixTable,
+        counters: Counters,
+        vsi: VsiStats,
+    }
+
+    impl Bench {
+        fn new(queues: u16) -> Self {
+            let cfg = IavfConfig::new("itr").with_queues(queues);
+            let cap = pci_config(&cfg)
+                .expect("config")
+                .msix_capability()
+                .expect("MSI-X");
+            Bench {
+                core: Core::new(queues, cfg.mac, cfg.mtu),
+                msix: MsixTable::new(cap, MsixMaskMode::Auto),
+                counters: Counters::default(),
+                vsi: VsiStats::default(),
+            }
+        }
+
+        fn run<R>(&mut self, f: impl FnOnce(&mut Core, &mut Io) -> R) -> R {
+            let mut io = Io {
+                ctx: None,
+                msix: &self.msix,
+                counters: &self.counters,
+                vsi_stats: &self.vsi,
+                bus_master: false,
+                ops: Vec::new(),
+            };
+            f(&mut self.core, &mut io)
+        }
+
+        fn w(&mut self, off: u64, v: u32) {
+            self.run(|c, io| c.reg_write(io, off, v));
+        }
+
+        fn r(&mut self, off: u64) -> u32 {
+            self.core.reg_read(off)
+        }
+
+        fn raise(&mut self, vector: u16, now: Instant) -> (IrqOutcome, Option<Instant>) {
+            self.run(|c, io| c.raise_queue_irq(io, vector, now))
+        }
+
+        fn expire(&mut self, now: Instant) -> Option<Instant> {
+            self.run(|c, io| c.expire_moderation(io, now, false))
+        }
+
+        /// (raised, coalesced, deferred).
+        fn irqs(&self) -> (u64, u64, u64) {
+            let s = self.counters.snapshot();
+            (s.irqs_raised, s.irqs_coalesced, s.irqs_deferred)
+        }
+
+        /// RX queue `q` on `vector` with ITR index `idx`, as CONFIG_IRQ_MAP leaves it.
+        fn map_rx(&mut self, q: usize, vector: u16, idx: u16) {
+            self.core.vf.rx[q].vector = Some(vector);
+            self.core.vf.rx[q].itr_idx = idx;
+        }
+    }
+
+    fn ctl(itr_idx: u32, interval: u32) -> u32 {
+        DYN_CTL_INTENA | (itr_idx << DYN_CTL_ITR_INDX_SHIFT) | (interval << DYN_CTL_INTERVAL_SHIFT)
+    }
+
+    fn reg(r: Option<u64>) -> u64 {
+        r.expect("register")
+    }
+
+    fn at(base: Instant, us: u64) -> Instant {
+        base + Duration::from_micros(us)
+    }
+
+    #[test]
+    fn dyn_ctl_writes_update_the_itr_they_index() {
+        let mut b = Bench::new(4);
+        b.w(reg(vfint_dyn_ctln1(3)), ctl(1, 100));
+        assert_eq!(b.r(reg(vfint_itrn1(1, 3))), 100);
+        for (i, n) in [(0, 3), (2, 3), (1, 2), (1, 0)] {
+            assert_eq!(b.r(reg(vfint_itrn1(i, n))), 0, "ITRN1({i}, {n}) untouched");
+        }
+        assert_eq!(b.r(reg(vfint_dyn_ctln1(3))), ctl(1, 100), "reads back");
+        // ITR_INDX = 3 (NO_ITR): nothing updated, whatever the interval says.
+        b.w(
+            reg(vfint_dyn_ctln1(3)),
+            DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK | (55 << DYN_CTL_INTERVAL_SHIFT),
+        );
+        for i in 0..ITR_INDEXES {
+            let want = if i == 1 { 100 } else { 0 };
+            assert_eq!(b.r(reg(vfint_itrn1(i, 3))), want);
+        }
+        // Index 0 with interval 0 is an update to 0 (Linux's buildreg_itr(RX, 0)).
+        b.w(reg(vfint_dyn_ctln1(3)), ctl(1, 0));
+        assert_eq!(b.r(reg(vfint_itrn1(1, 3))), 0);
+        // The largest interval, and the INTENA-less form.
+        b.w(
+            reg(vfint_dyn_ctln1(0)),
+            (2 << DYN_CTL_ITR_INDX_SHIFT) | DYN_CTL_INTERVAL_MASK,
+        );
+        assert_eq!(b.r(reg(vfint_itrn1(2, 0))), 0xFFF);
+        // DYN_CTL01 does the same for ITR01.
+        b.w(VFINT_DYN_CTL01, ctl(2, 7));
+        assert_eq!(b.r(reg(vfint_itr01(2))), 7);
+        b.w(VFINT_DYN_CTL01, DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK);
+        assert_eq!(b.r(reg(vfint_itr01(2))), 7, "NO_ITR keeps it");
+        assert_eq!(dyn_ctl_itr_update(ctl(0, 4000)), Some((0, 4000)));
+        assert_eq!(
+            dyn_ctl_itr_update(DYN_CTL_ITR_INDX_MASK | DYN_CTL_INTERVAL_MASK),
+            None
+        );
+    }
+
+    #[test]
+    fn the_interval_is_the_one_of_the_rx_itr_index_of_the_irq_map() {
+        let mut b = Bench::new(3);
+        for i in 0..ITR_INDEXES {
+            b.w(reg(vfint_itrn1(i, 0)), 10 * (u32::from(i) + 1));
+            b.w(reg(vfint_itrn1(i, 1)), 100 * (u32::from(i) + 1));
+            b.w(reg(vfint_itr01(i)), 1000 * (u32::from(i) + 1));
+        }
+        let us = |u: u64| Duration::from_micros(u);
+        assert_eq!(b.core.vector_interval(1), Duration::ZERO, "no queue mapped");
+        b.map_rx(0, 1, 1);
+        assert_eq!(b.core.vector_interval(1), us(2 * 20), "ITRN1(1, 0)");
+        // The lowest RX queue decides; TX indexes do not count while an RX queue is there.
+        b.map_rx(2, 1, 2);
+        b.core.vf.tx[0].vector = Some(1);
+        b.core.vf.tx[0].itr_idx = 0;
+        assert_eq!(b.core.vector_interval(1), us(2 * 20));
+        // Without an RX queue: the TX queue's index.
+        b.core.vf.tx[1].vector = Some(2);
+        b.core.vf.tx[1].itr_idx = 2;
+        assert_eq!(b.core.vector_interval(2), us(2 * 300), "ITRN1(2, 1)");
+        // NO_ITR in the map: unmoderated.
+        b.map_rx(1, 2, 3);
+        assert_eq!(b.core.vector_interval(2), Duration::ZERO);
+        // Vector 0 reads ITR01.
+        b.map_rx(0, 0, 0);
+        assert_eq!(b.core.vector_interval(0), us(2 * 1000));
+        assert_eq!(b.core.vector_interval(17), Duration::ZERO, "no such vector");
+    }
+
+    #[test]
+    fn moderated_raises_fire_once_then_defer_and_coalesce_until_the_window_ends() {
+        let mut b = Bench::new(1);
+        b.map_rx(0, 1, 0);
+        b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 4000));
+        let t0 = Instant::now();
+        let end = at(t0, 8000);
+        assert_eq!(b.raise(1, t0), (IrqOutcome::Undelivered, None));
+        assert_eq!(b.irqs(), (1, 0, 0));
+        assert_eq!(b.raise(1, at(t0, 10)), (IrqOutcome::Deferred, Some(end)));
+        for us in [20, 3000, 7999] {
+            assert_eq!(b.raise(1, at(t0, us)), (IrqOutcome::Coalesced, Some(end)));
+        }
+        assert_eq!(b.irqs(), (1, 3, 0), "nothing fired inside the window");
+        // A software trigger is not moderated and leaves the pending one alone.
+        b.w(
+            reg(vfint_dyn_ctln1(0)),
+            DYN_CTL_INTENA | DYN_CTL_SWINT_TRIG | DYN_CTL_ITR_INDX_MASK,
+        );
+        assert_eq!(b.irqs(), (2, 3, 0));
+        assert_eq!(b.expire(at(t0, 7999)), Some(end), "not due yet");
+        assert_eq!(b.irqs(), (2, 3, 0));
+        assert_eq!(b.expire(end), None, "fired, nothing left");
+        assert_eq!(b.irqs(), (3, 3, 1));
+        assert_eq!(b.expire(at(t0, 20_000)), None, "once");
+        assert_eq!(b.irqs(), (3, 3, 1));
+        // The deferred interrupt opened a window of its own.
+        assert_eq!(
+            b.raise(1, at(t0, 9000)),
+            (IrqOutcome::Deferred, Some(at(t0, 16_000)))
+        );
+    }
+
+    #[test]
+    fn interval_zero_fires_every_raise_and_a_shorter_interval_releases_a_pending_one() {
+        let mut b = Bench::new(1);
+        b.map_rx(0, 1, 0);
+        b.w(
+            reg(vfint_dyn_ctln1(0)),
+            DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK,
+        );
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(b.raise(1, t0), (IrqOutcome::Undelivered, None));
+        }
+        assert_eq!(b.irqs(), (5, 0, 0), "the default is no moderation");
+        b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 500));
+        assert_eq!(
+            b.raise(1, at(t0, 100)),
+            (IrqOutcome::Deferred, Some(at(t0, 1000)))
+        );
+        // Back to 0: the next raise finds the pending interrupt due and sends it with itself.
+        b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 0));
+        assert_eq!(b.raise(1, at(t0, 200)), (IrqOutcome::Undelivered, None));
+        assert_eq!(b.irqs(), (6, 1, 1));
+        assert_eq!(b.expire(at(t0, 5000)), None, "nothing left to fire");
+        assert_eq!(b.irqs(), (6, 1, 1));
+    }
+
+    #[test]
+    fn a_pending_interrupt_whose_vector_is_disabled_at_the_window_end_is_dropped() {
+        let mut b = Bench::new(1);
+        b.map_rx(0, 1, 0);
+        b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 4000));
+        let t0 = Instant::now();
+        b.raise(1, t0);
+        assert_eq!(b.raise(1, at(t0, 1)).0, IrqOutcome::Deferred);
+        // Linux masks the vector while it polls: INTENA clear, no ITR update.
+        b.w(reg(vfint_dyn_ctln1(0)), DYN_CTL_ITR_INDX_MASK);
+        assert_eq!(b.raise(1, at(t0, 2)), (IrqOutcome::Gated, None));
+        assert_eq!(b.expire(at(t0, 8000)), None);
+        assert_eq!(
+            b.irqs(),
+            (1, 0, 0),
+            "dropped as a gated raise is: not counted"
+        );
+        // Enabled again: the window of the first interrupt is over, nothing was re-armed.
+        b.w(
+            reg(vfint_dyn_ctln1(0)),
+            DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK,
+        );
+        assert_eq!(b.raise(1, at(t0, 8001)), (IrqOutcome::Undelivered, None));
+        assert_eq!(b.irqs(), (2, 0, 0));
+    }
+
+    #[test]
+    fn vf_reset_clears_moderation_and_the_itr_registers() {
+        let mut b = Bench::new(1);
+        b.map_rx(0, 1, 0);
+        b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 4000));
+        b.w(VFINT_DYN_CTL01, ctl(1, 9));
+        let t0 = Instant::now();
+        b.raise(1, t0);
+        assert_eq!(b.raise(1, at(t0, 1)).0, IrqOutcome::Deferred);
+        b.run(|c, io| c.vf_reset(io, true));
+        assert_eq!(b.r(reg(vfint_itrn1(0, 0))), 0);
+        assert_eq!(b.r(reg(vfint_itr01(1))), 0);
+        assert_eq!(b.expire(at(t0, 100_000)), None);
+        assert_eq!(
+            b.irqs(),
+            (1, 0, 0),
+            "the held interrupt went with the reset"
+        );
+        assert_eq!(
+            b.raise(1, at(t0, 2)),
+            (IrqOutcome::Gated, None),
+            "INTENA cleared"
+        );
+        // Programmed again inside the old window: no memory of the earlier interrupt.
+        b.map_rx(0, 1, 0);
+        b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 4000));
+        assert_eq!(b.raise(1, at(t0, 3)), (IrqOutcome::Undelivered, None));
+        assert_eq!(b.irqs(), (2, 0, 0));
+    }
+
+    #[test]
+    fn vector_zero_is_moderated_by_itr01_for_queue_causes_only() {
+        let mut b = Bench::new(1);
+        // DPDK in poll mode without WB_ON_ITR: RX on vector 0 and its ITR via DYN_CTL01.
+        b.map_rx(0, 0, 0);
+        b.w(VFINT_DYN_CTL01, ctl(0, 100));
+        b.w(VFINT_ICR0_ENA1, ICR0_ENA1_ADMINQ);
+        let t0 = Instant::now();
+        assert_eq!(b.raise(0, t0), (IrqOutcome::Undelivered, None));
+        assert_eq!(
+            b.raise(0, at(t0, 50)),
+            (IrqOutcome::Deferred, Some(at(t0, 200)))
+        );
+        // The admin-queue cause is not held back.
+        b.run(|c, io| c.adminq_cause(io));
+        assert_eq!(b.irqs(), (2, 0, 0));
+        assert_eq!(b.expire(at(t0, 200)), None);
+        assert_eq!(b.irqs(), (3, 0, 1));
+        // Vector 0 gated by DYN_CTL01.INTENA.
+        b.w(VFINT_DYN_CTL01, DYN_CTL_ITR_INDX_MASK);
+        assert_eq!(b.raise(0, at(t0, 10_000)), (IrqOutcome::Gated, None));
+    }
+
+    #[test]
+    fn expiring_all_fires_every_held_interrupt_before_its_deadline() {
+        let mut b = Bench::new(2);
+        b.map_rx(0, 1, 0);
+        b.map_rx(1, 2, 0);
+        b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 4000));
+        b.w(reg(vfint_dyn_ctln1(1)), ctl(0, 2000));
+        let t0 = Instant::now();
+        for v in [1, 2] {
+            b.raise(v, t0);
+        }
+        assert_eq!(b.raise(1, at(t0, 1)).1, Some(at(t0, 8000)));
+        assert_eq!(b.raise(2, at(t0, 1)).1, Some(at(t0, 4000)));
+        assert_eq!(
+            b.expire(at(t0, 2)),
+            Some(at(t0, 4000)),
+            "the earliest deadline"
+        );
+        assert_eq!(
+            b.run(|c, io| c.expire_moderation(io, at(t0, 2), true)),
+            None
+        );
+        assert_eq!(b.irqs(), (4, 0, 2));
+        // Unmapped vectors and vectors beyond the VF's are never moderated nor fired here.
+        assert_eq!(b.raise(16, t0), (IrqOutcome::Gated, None));
+        assert_eq!(b.raise(u16::MAX, t0), (IrqOutcome::Gated, None));
+    }
 
     #[test]
     fn register_index_helpers() {

@@ -52,6 +52,7 @@
 //!   and ADV_LINK_SPEED; L2 always. A 1.0 VF gets L2 | VLAN | RSS_REG.
 
 mod core;
+mod itr;
 mod pci;
 mod stats;
 mod vc;
@@ -61,6 +62,7 @@ mod tests;
 
 use thiserror::Error;
 
+pub use self::itr::{itr_interval, ITR_INTERVAL_MAX, ITR_UNIT};
 pub(crate) use self::pci::WeakIavfHandle;
 pub use self::pci::{CreateIavfError, IavfDevice, IavfHandle, IrqOutcome};
 pub use self::stats::{IavfStats, VsiStats};

@@ -8,6 +8,11 @@
 //! emudev object model are queued under that mutex and applied after it is released, by
 //! whichever thread is not already applying them (emudev runs subscribers synchronously, and a
 //! subscriber may call back into the handle).
+//!
+//! Deferred queue interrupts (ITR moderation, `itr.rs`) are fired by the device's timer thread
+//! through the same core path as [`IavfHandle::raise_queue_irq`]; the timer is armed after the
+//! core lock is released and calls back without its own lock held, so neither lock is ever
+//! taken under the other.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,6 +20,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
 
 use emudev::{
     memfd_backing, AttrSpec, AttrValue, BuildError, Doorbell, EmuDev, EmuDevConf, EmuEvent,
@@ -23,8 +29,8 @@ use emudev::{
 };
 use emudev_pci::{
     default_config_write, default_reset, AddBarError, AddCapabilityError, BarSpec, ConfigKind,
-    ConfigSpace, FireOutcome, InterruptPin, MsixMaskMode, MsixSpec, MsixTable, PciDevice,
-    PciFunction, PciIds, PcieSpec, ValidateLayoutError,
+    ConfigSpace, InterruptPin, MsixMaskMode, MsixSpec, MsixTable, PciDevice, PciFunction, PciIds,
+    PcieSpec, ValidateLayoutError,
 };
 use emudev_vfio_user::server::{Server, ServerBindError, ServerConfig};
 use emudev_vfio_user::{DeviceContext, Errno, SparseArea};
@@ -32,6 +38,7 @@ use rustix::event::{eventfd, EventfdFlags};
 use thiserror::Error;
 
 use super::core::{Core, EmuOp, Io};
+use super::itr::ItrTimer;
 use super::stats::{Counters, IavfStats, VsiStats};
 use super::{
     format_mac, queue_ids, IavfConfig, IavfConfigError, IavfSnapshot, BAR0_SIZE, IAVF_CLASS_CODE,
@@ -86,6 +93,11 @@ pub enum IrqOutcome {
     Gated,
     /// Raised but it reached nobody (MSI-X disabled, no eventfd, no client, bad vector).
     Undelivered,
+    /// Held by ITR moderation: the vector fired less than its interval ago; it is now pending
+    /// and fires once when the interval has passed (if still enabled then).
+    Deferred,
+    /// Folded into the interrupt already pending on the vector (ITR moderation).
+    Coalesced,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +119,9 @@ pub(crate) struct Shared {
     bus_master: AtomicBool,
     core: Mutex<Core>,
     opq: Mutex<OpQueue>,
+    /// Fires deferred queue interrupts; its thread starts on the first deferral and is joined
+    /// when this is dropped.
+    itr_timer: ItrTimer,
 }
 
 impl fmt::Debug for Shared {
@@ -217,6 +232,25 @@ impl Shared {
         }
         let v = u32::from_le_bytes(bytes);
         self.with_core(Some(ctx), |c, io| c.reg_write(io, offset, v));
+    }
+
+    /// Fires the deferred queue interrupts due at `now`; returns the next deadline (the ITR
+    /// timer's callback).
+    fn expire_itr(&self, now: Instant) -> Option<Instant> {
+        let ctx = self.emu.context();
+        self.with_core(ctx.as_ref(), |c, io| c.expire_moderation(io, now, false))
+    }
+
+    /// Has the ITR timer wake up by `deadline`. Called without the core lock. Should the timer
+    /// thread not start, nothing is held back: what is pending fires now.
+    fn schedule_itr(&self, deadline: Instant) {
+        if let Err(e) = self.itr_timer.schedule(deadline) {
+            log::warn!("iavf {}: {e}; firing held interrupts now", self.emu.name());
+            let ctx = self.emu.context();
+            self.with_core(ctx.as_ref(), |c, io| {
+                c.expire_moderation(io, Instant::now(), true)
+            });
+        }
     }
 
     /// "link_up" changed in the object model (the application set it).
@@ -384,24 +418,25 @@ impl IavfHandle {
     }
 
     /// Raises queue interrupt `vector` (as CONFIG_IRQ_MAP assigned it) if the driver enabled
-    /// it: `DYN_CTLN1(vector - 1).INTENA`, or `DYN_CTL01.INTENA` for vector 0. For the data path.
+    /// it: `DYN_CTLN1(vector - 1).INTENA`, or `DYN_CTL01.INTENA` for vector 0 (else
+    /// [`IrqOutcome::Gated`]). For the data path.
+    ///
+    /// The vector's ITR interval moderates it (see the `itr` module): with an interval of 0 —
+    /// the default until the driver programs one — it fires at once; otherwise, within the
+    /// interval after the vector last fired, the raise is held ([`IrqOutcome::Deferred`]) or
+    /// folded into the one already held ([`IrqOutcome::Coalesced`]), and the held interrupt
+    /// fires once, from the device's timer thread, when the interval has passed (dropped if the
+    /// vector is no longer enabled then).
     pub fn raise_queue_irq(&self, vector: u16) -> IrqOutcome {
         let ctx = self.shared.emu.context();
-        self.shared.with_core(ctx.as_ref(), |c, io| {
-            let enabled = if vector == 0 {
-                c.misc_enabled()
-            } else {
-                c.queue_vector_enabled(vector)
-            };
-            if !enabled {
-                return IrqOutcome::Gated;
-            }
-            match io.fire(vector) {
-                Some(FireOutcome::Delivered) => IrqOutcome::Delivered,
-                Some(FireOutcome::Pending) => IrqOutcome::Pending,
-                Some(FireOutcome::Disabled) | None => IrqOutcome::Undelivered,
-            }
-        })
+        let now = Instant::now();
+        let (outcome, deadline) = self
+            .shared
+            .with_core(ctx.as_ref(), |c, io| c.raise_queue_irq(io, vector, now));
+        if let Some(d) = deadline {
+            self.shared.schedule_itr(d);
+        }
+        outcome
     }
 }
 
@@ -433,7 +468,7 @@ impl fmt::Debug for IavfDevice {
     }
 }
 
-fn pci_config(cfg: &IavfConfig) -> Result<ConfigSpace, CreateIavfError> {
+pub(super) fn pci_config(cfg: &IavfConfig) -> Result<ConfigSpace, CreateIavfError> {
     let ids = PciIds {
         vendor_id: IAVF_VENDOR_ID,
         device_id: IAVF_DEVICE_ID,
@@ -549,14 +584,19 @@ impl IavfDevice {
         if config.doorbell_pages {
             core.set_tail_page(emu.region_map("bar0")?);
         }
-        let shared = Arc::new(Shared {
-            emu: emu.clone(),
-            msix: MsixTable::new(cap, MsixMaskMode::Auto),
-            counters: Counters::default(),
-            vsi_stats: VsiStats::default(),
-            bus_master: AtomicBool::new(false),
-            core: Mutex::new(core),
-            opq: Mutex::new(OpQueue::default()),
+        let shared = Arc::new_cyclic(|me: &Weak<Shared>| {
+            let me = me.clone();
+            Shared {
+                emu: emu.clone(),
+                msix: MsixTable::new(cap, MsixMaskMode::Auto),
+                counters: Counters::default(),
+                vsi_stats: VsiStats::default(),
+                bus_master: AtomicBool::new(false),
+                core: Mutex::new(core),
+                opq: Mutex::new(OpQueue::default()),
+                // The timer reaches the device weakly: it must not keep it alive.
+                itr_timer: ItrTimer::new(move |now| me.upgrade()?.expire_itr(now)),
+            }
         });
         let weak = Arc::downgrade(&shared);
         let subscription = emu.subscribe_event(EventSink::callback(move |ev| {

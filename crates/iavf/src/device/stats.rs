@@ -36,11 +36,18 @@ pub struct IavfStats {
     pub vf_resets: u64,
     /// LINK_CHANGE events queued.
     pub link_events: u64,
-    /// Interrupts the device tried to signal.
+    /// Interrupts the device tried to signal (deferred queue interrupts included, when they
+    /// went out).
     pub irqs_raised: u64,
     /// Of those, the ones that reached no eventfd now (MSI-X disabled, no eventfd bound) —
     /// a masked vector left pending is not counted here.
     pub irqs_undelivered: u64,
+    /// Queue interrupt raises folded into one already pending on their vector (ITR
+    /// moderation: several raises in one window make one interrupt).
+    pub irqs_coalesced: u64,
+    /// Queue interrupts held by ITR moderation that fired at the end of their window (also
+    /// counted in `irqs_raised`).
+    pub irqs_deferred: u64,
     /// Queue or attribute updates the emudev object model refused (a device bug if non-zero).
     pub emu_errors: u64,
 }
@@ -61,6 +68,8 @@ pub(crate) struct Counters {
     pub(crate) link_events: AtomicU64,
     pub(crate) irqs_raised: AtomicU64,
     pub(crate) irqs_undelivered: AtomicU64,
+    pub(crate) irqs_coalesced: AtomicU64,
+    pub(crate) irqs_deferred: AtomicU64,
     pub(crate) emu_errors: AtomicU64,
 }
 
@@ -86,6 +95,8 @@ impl Counters {
             link_events: load(&self.link_events),
             irqs_raised: load(&self.irqs_raised),
             irqs_undelivered: load(&self.irqs_undelivered),
+            irqs_coalesced: load(&self.irqs_coalesced),
+            irqs_deferred: load(&self.irqs_deferred),
             emu_errors: load(&self.emu_errors),
         }
     }
@@ -194,5 +205,34 @@ mod tests {
         Counters::bump(&c.aq_errors);
         let s = c.snapshot();
         assert_eq!((s.vc_errors, s.aq_errors, s.vc_ok), (2, 1, 0));
+    }
+
+    #[test]
+    fn moderation_counters_are_snapshotted_apart() {
+        let c = Counters::default();
+        Counters::bump(&c.irqs_coalesced);
+        Counters::bump(&c.irqs_coalesced);
+        Counters::bump(&c.irqs_coalesced);
+        Counters::bump(&c.irqs_deferred);
+        Counters::bump(&c.irqs_raised);
+        let s = c.snapshot();
+        assert_eq!(
+            (
+                s.irqs_raised,
+                s.irqs_coalesced,
+                s.irqs_deferred,
+                s.irqs_undelivered
+            ),
+            (1, 3, 1, 0)
+        );
+        assert_eq!(
+            IavfStats {
+                irqs_coalesced: 3,
+                irqs_deferred: 1,
+                irqs_raised: 1,
+                ..Default::default()
+            },
+            s
+        );
     }
 }
