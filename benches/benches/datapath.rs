@@ -24,6 +24,8 @@
 //! - `EMUDEV_BENCH_MODE=trapped`: trapped tails, inline data path (default `mmap`); `kick`:
 //!   doorbell pages plus kick eventfds the client signals after each tail store.
 //! - `EMUDEV_BENCH_SIZES=64,1500`: the frame sizes (default both).
+//! - `EMUDEV_BENCH_IDLE_PAUSE`: the client's pause hints after an empty round
+//!   (`FwdConfig::idle_pause`, default `FWD_IDLE_PAUSE`); 0 polls flat out.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use emudev_benches::{median, pin_to_cpu};
 use emudev_iavf::datapath::{self, Loopback, PollConfig};
-use emudev_iavf::driver::{DriverConfig, FwdConfig, FwdCounters, FwdMode, IavfDriver};
+use emudev_iavf::driver::{
+    DriverConfig, FwdConfig, FwdCounters, FwdMode, IavfDriver, FWD_IDLE_PAUSE,
+};
 use emudev_iavf::{IavfConfig, IavfDevice};
 use emudev_vfio_user::server::ServerConfig;
 
@@ -112,7 +116,9 @@ fn run_once(
     // received buffers go back out as they are). A warm-up call, then the measured one.
     let counters = FwdCounters::default();
     let stop = AtomicBool::new(false);
+    let idle_pause = env_num("EMUDEV_BENCH_IDLE_PAUSE", u64::from(FWD_IDLE_PAUSE)) as u32;
     let mut fwd = FwdConfig {
+        idle_pause,
         mode: FwdMode::Io,
         burst: BURST,
         tx_first: INJECT_BURSTS,
@@ -197,8 +203,9 @@ fn main() {
         "threads not pinned"
     };
     println!(
-        "iavf data path ({mode}), io-forward <-> loopback, {} packets in flight, rings of {RING}: {placement} ({cpus} CPUs, load {})",
+        "iavf data path ({mode}), io-forward <-> loopback, {} packets in flight, rings of {RING}, client idle pause {}: {placement} ({cpus} CPUs, load {})",
         INJECT_BURSTS * BURST,
+        env_num("EMUDEV_BENCH_IDLE_PAUSE", u64::from(FWD_IDLE_PAUSE)),
         load()
     );
     let use_dpdk = !std::env::var("EMUDEV_BENCH_DPDK").is_ok_and(|v| v == "0");

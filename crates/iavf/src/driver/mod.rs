@@ -72,7 +72,7 @@ pub use self::datapath::Seg;
 pub use self::error::{DriverError, ProtocolError, WaitOp};
 pub use self::fwd::{
     ipv4_checksum, udp_frame, FwdConfig, FwdCounters, FwdMode, FwdStats, ParseFwdModeError,
-    MAX_BURST,
+    FWD_IDLE_PAUSE, MAX_BURST,
 };
 pub use self::pci::{BAR0_REGION, MSIX_IRQ_INDEX};
 pub use self::queues::{Area, QueuePair, RX_ITR_INDEX, TX_ITR_INDEX};
