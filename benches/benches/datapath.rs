@@ -33,7 +33,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emudev_benches::{median, pin_to_cpu};
+use emudev_benches::{median, pin_to_cpu, spawn_pinned};
 use emudev_iavf::datapath::{self, Loopback, PollConfig};
 use emudev_iavf::driver::{
     DriverConfig, FwdConfig, FwdCounters, FwdMode, IavfDriver, FWD_IDLE_PAUSE,
@@ -86,15 +86,7 @@ fn run_once(
     }
     .expect("attach data path");
     let shandle = server.handle();
-    let thread = std::thread::spawn(move || {
-        if pin {
-            pin_to_cpu(0);
-        }
-        server.run()
-    });
-    if pin {
-        pin_to_cpu(1);
-    }
+    let thread = spawn_pinned(pin, move || server.run());
     let cfg = DriverConfig {
         ring_len: RING,
         ..DriverConfig::default()

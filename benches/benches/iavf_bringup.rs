@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use emudev_benches::{median, pin_to_cpu};
+use emudev_benches::{median, spawn_pinned};
 use emudev_iavf::driver::{BringUpStep, DriverConfig, IavfDriver};
 use emudev_iavf::{IavfConfig, IavfDevice};
 use emudev_vfio_user::server::{ServerConfig, ServerHandle};
@@ -109,15 +109,7 @@ fn main() {
             IavfDevice::new(IavfConfig::new("emu_iavf0").with_queues(queues)).expect("device");
         let server = dev.serve(&path, ServerConfig::default()).expect("bind");
         let handle = server.handle();
-        let thread = std::thread::spawn(move || {
-            if pin {
-                pin_to_cpu(0);
-            }
-            server.run()
-        });
-        if pin {
-            pin_to_cpu(1);
-        }
+        let thread = spawn_pinned(pin, move || server.run());
         let r = measure(
             &path,
             &handle,

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emudev_benches::{median, pin_to_cpu};
+use emudev_benches::{median, pin_to_cpu, spawn_pinned};
 use emudev_iavf::datapath::{self, Loopback, PollConfig};
 use emudev_iavf::driver::{DriverConfig, IavfDriver};
 use emudev_iavf::{IavfConfig, IavfDevice};
@@ -86,15 +86,7 @@ fn run_once(dir: &Path, n: usize, mode: Mode, pings: usize, gap: Duration, pin: 
     }
     .expect("attach data path");
     let shandle = server.handle();
-    let thread = std::thread::spawn(move || {
-        if pin {
-            pin_to_cpu(0);
-        }
-        server.run()
-    });
-    if pin {
-        pin_to_cpu(1);
-    }
+    let thread = spawn_pinned(pin, move || server.run());
     let mut d = IavfDriver::connect(&path).expect("connect");
     if mode != Mode::Trap {
         assert!(d.map_doorbells().expect("map"), "no doorbell pages");

@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use emudev_benches::{median, pin_to_cpu, Latencies};
+use emudev_benches::{median, spawn_pinned, Latencies};
 use emudev_dma::{DmaProt, SharedMemory};
 use emudev_edu::EduDevice;
 use emudev_vfio_user::client::Client;
@@ -111,15 +111,7 @@ fn main() {
     let path = dir.join("edu.sock");
     let server = Server::bind(&path, EduDevice::new(), ServerConfig::default()).expect("bind");
     let handle = server.handle();
-    let server_thread = std::thread::spawn(move || {
-        if pin {
-            pin_to_cpu(0);
-        }
-        server.run()
-    });
-    if pin {
-        pin_to_cpu(1);
-    }
+    let server_thread = spawn_pinned(pin, move || server.run());
     // edu: BAR0 offset 4 is the liveness register (read and write, no side effects beyond it).
     let mut targets = vec![Target {
         name: "emudev (edu)".into(),

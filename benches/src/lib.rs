@@ -85,6 +85,24 @@ pub fn pin_to_cpu(cpu: usize) -> bool {
     rustix::thread::sched_setaffinity(None, &set).is_ok()
 }
 
+/// Runs `f` (a server's loop) on a new thread, on CPU 0 when `pin`, and then pins the caller
+/// (the client side) to CPU 1: the placement every benchmark here uses.
+pub fn spawn_pinned<T: Send + 'static>(
+    pin: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let thread = std::thread::spawn(move || {
+        if pin {
+            pin_to_cpu(0);
+        }
+        f()
+    });
+    if pin {
+        pin_to_cpu(1);
+    }
+    thread
+}
+
 /// The median of a few values.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
