@@ -99,6 +99,52 @@ function echoRequest(o: EchoOptions = {}): Buffer {
   ])
 }
 
+/** An IPv4 frame from the guest to us carrying `l4` as protocol `proto`, its L4 checksum at `sumAt` computed unless `sum` is given. */
+function l4Frame(proto: number, l4: Buffer, sumAt: number, sum?: number): Buffer {
+  const ip = Buffer.alloc(20)
+  ip[0] = 0x45
+  ip.writeUInt16BE(20 + l4.length, 2)
+  ip.writeUInt16BE(0x4000, 6)
+  ip[8] = 64
+  ip[9] = proto
+  ip4(GUEST_IP).copy(ip, 12)
+  ip4(OUR_IP).copy(ip, 16)
+  ip.writeUInt16BE(checksum(ip), 10)
+  const seg = Buffer.from(l4)
+  seg.writeUInt16BE(0, sumAt)
+  const pseudo = Buffer.concat([ip4(GUEST_IP), ip4(OUR_IP), Buffer.from([0, proto]), Buffer.from([seg.length >> 8, seg.length & 0xff])])
+  seg.writeUInt16BE(sum ?? checksum(Buffer.concat([pseudo, seg])), sumAt)
+  return Buffer.concat([mac(OUR_MAC), mac(GUEST_MAC), hex('0800'), ip, seg])
+}
+
+function udp(dstPort: number, payload: Buffer, sum?: number): Buffer {
+  const h = Buffer.alloc(8)
+  h.writeUInt16BE(40000, 0)
+  h.writeUInt16BE(dstPort, 2)
+  h.writeUInt16BE(8 + payload.length, 4)
+  return l4Frame(17, Buffer.concat([h, payload]), 6, sum)
+}
+
+function tcp(flags: number, seq: number, ack: number, payload = Buffer.alloc(0), sum?: number): Buffer {
+  const h = Buffer.alloc(20)
+  h.writeUInt16BE(40001, 0)
+  h.writeUInt16BE(80, 2)
+  h.writeUInt32BE(seq, 4)
+  h.writeUInt32BE(ack, 8)
+  h[12] = 5 << 4
+  h[13] = flags
+  h.writeUInt16BE(64240, 14)
+  return l4Frame(6, Buffer.concat([h, payload]), 16, sum)
+}
+
+/** The L4 checksum of a reply frame (IPv4 without options) as a receiver checks it: 0 when right. */
+function replyL4Sum(reply: Buffer): number {
+  const total = reply.readUInt16BE(16)
+  const seg = reply.subarray(34, 14 + total)
+  const pseudo = Buffer.concat([reply.subarray(26, 34), Buffer.from([0, reply[23]!]), Buffer.from([seg.length >> 8, seg.length & 0xff])])
+  return checksum(Buffer.concat([pseudo, seg]))
+}
+
 function responder(options: Partial<ConstructorParameters<typeof Responder>[1]> = {}, port: ResponderPort = new FakePort()) {
   return new Responder(port, { ip: OUR_IP, mac: OUR_MAC, ...options })
 }
@@ -281,7 +327,7 @@ test('echo requests to other IPs or MACs, and other IP traffic, are ignored', (t
     ['multicast MAC', echoRequest({ dstMac: '01:00:5e:00:00:01' }), 'not-for-us'],
     ['an echo reply', echoRequest({ type: 0 }), 'unsupported'],
     ['a timestamp request', echoRequest({ type: 13 }), 'unsupported'],
-    ['UDP', echoRequest({ proto: 17 }), 'unsupported'],
+    ['GRE', echoRequest({ proto: 47 }), 'unsupported'],
     ['first fragment (MF)', echoRequest({ fragment: 0x2000 }), 'unsupported'],
     ['later fragment (offset)', echoRequest({ fragment: 0x0010 }), 'unsupported'],
     ['IPv6 EtherType', (() => { const f = echoRequest(); f.writeUInt16BE(0x86dd, 12); return f })(), 'unsupported'],
@@ -614,4 +660,70 @@ test('over a pair of emulated VFs, the responder answers what the other port sen
   const gb = await pb.stats()
   t.like(ga, { txBroadcast: 1, txUnicast: 3, txBytes: sentBytes, rxUnicast: 3, rxBytes: s.sentBytes, rxDiscards: 0 })
   t.like(gb, { rxBroadcast: s.receivedBroadcast, rxUnicast: 3, rxBytes: s.receivedBytes, txUnicast: 3, txBytes: s.sentBytes })
+})
+
+test('UDP: port 7 is echoed, other ports get an ICMP port unreachable; bad checksums are ignored', (t) => {
+  const r = responder()
+  const data = Buffer.from('hello through the offload')
+  const echo = r.handle(udp(7, data))
+  t.is(echo.action, 'udp-echo')
+  if (echo.action !== 'udp-echo') return
+  const e = echo.reply
+  t.deepEqual(e.subarray(0, 6), mac(GUEST_MAC))
+  t.deepEqual([e.readUInt16BE(34), e.readUInt16BE(36)], [7, 40000], 'ports swapped')
+  t.deepEqual(e.subarray(42, 42 + data.length), data)
+  t.is(checksum(e.subarray(14, 34)), 0, 'IPv4 header checksum')
+  t.is(replyL4Sum(e), 0, 'UDP checksum')
+  // A UDP checksum of 0 means none was computed: accepted.
+  t.is(r.handle(udp(7, data, 0)).action, 'udp-echo')
+
+  const probe = udp(33434, Buffer.alloc(12))
+  const un = r.handle(probe)
+  t.is(un.action, 'port-unreachable')
+  if (un.action !== 'port-unreachable') return
+  const icmp = un.reply.subarray(34, 14 + un.reply.readUInt16BE(16))
+  t.deepEqual([icmp[0], icmp[1]], [3, 3])
+  t.is(checksum(icmp), 0, 'ICMP checksum')
+  t.deepEqual(icmp.subarray(8), probe.subarray(14, 14 + 20 + 8), 'the IP header and 8 bytes quoted')
+  t.is(un.reply[23], 1, 'an ICMP datagram')
+
+  // The pseudo-header sum alone (what Linux leaves for the NIC) is not a checksum.
+  t.deepEqual(r.handle(udp(7, data, 0x1234)), { action: 'ignore', reason: 'bad-checksum' })
+  const cut = udp(7, data)
+  cut.writeUInt16BE(8 + data.length + 10, 38)
+  t.deepEqual(r.handle(cut), { action: 'ignore', reason: 'truncated' })
+  const short = udp(7, data)
+  short.writeUInt16BE(4, 38)
+  t.deepEqual(r.handle(short), { action: 'ignore', reason: 'malformed' })
+  t.like(r.stats(), { udpDatagrams: 3, ignored: 3 })
+  t.is(r.stats().ignoredBy['bad-checksum'], 1)
+})
+
+test('TCP: a SYN gets RST+ACK, a segment with ACK gets RST at its ack number, resets are never answered', (t) => {
+  const r = responder()
+  const syn = r.handle(tcp(0x02, 1000, 0))
+  t.is(syn.action, 'tcp-reset')
+  if (syn.action !== 'tcp-reset') return
+  const a = syn.reply.subarray(34, 54)
+  t.deepEqual([a.readUInt16BE(0), a.readUInt16BE(2)], [80, 40001])
+  t.is(a.readUInt32BE(4), 0)
+  t.is(a.readUInt32BE(8), 1001, 'SYN counts one')
+  t.is(a[13], 0x14, 'RST|ACK')
+  t.is(replyL4Sum(syn.reply), 0, 'TCP checksum')
+  t.is(checksum(syn.reply.subarray(14, 34)), 0)
+
+  const data = r.handle(tcp(0x18, 5000, 777, Buffer.from('GET / HTTP/1.0')))
+  t.is(data.action, 'tcp-reset')
+  if (data.action !== 'tcp-reset') return
+  const b = data.reply.subarray(34, 54)
+  t.is(b.readUInt32BE(4), 777, 'SEQ = SEG.ACK')
+  t.is(b[13], 0x04, 'RST')
+  t.is(replyL4Sum(data.reply), 0)
+
+  t.deepEqual(r.handle(tcp(0x04, 1, 0)), { action: 'ignore', reason: 'unsupported' })
+  t.deepEqual(r.handle(tcp(0x02, 1000, 0, Buffer.alloc(0), 0xbeef)), { action: 'ignore', reason: 'bad-checksum' })
+  const bad = tcp(0x02, 1, 0)
+  bad[34 + 12] = 4 << 4
+  t.deepEqual(r.handle(bad), { action: 'ignore', reason: 'malformed' })
+  t.like(r.stats(), { tcpSegments: 3, ignored: 3 })
 })

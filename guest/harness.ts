@@ -399,10 +399,14 @@ function iavfPingRig(id: string, queues: number, doorbellPages: boolean): PingRi
             respReceivedBroadcast: r.receivedBroadcast,
             respArpRequests: r.arpRequests,
             respEchoRequests: r.echoRequests,
+            respUdpDatagrams: r.udpDatagrams,
+            respTcpSegments: r.tcpSegments,
             respIgnored: r.ignored,
             ...Object.fromEntries(IGNORE_REASONS.map((why) => [`respIgnored:${why}`, r.ignoredBy[why]])),
             respArpReplies: r.arpReplies,
             respEchoReplies: r.echoReplies,
+            respUnreachableReplies: r.unreachableReplies,
+            respTcpResets: r.tcpResets,
             respSent: r.sent,
             respSentBytes: r.sentBytes,
             respSendDropped: r.sendDropped,
@@ -470,11 +474,13 @@ function sameAs(a: string, b: string): HostCheck {
  * Traffic: the guest (guest/scenarios/iavf-ping.sh) pings 198.18.0.2
  * {@link PING_COUNT} times through emu_iavf0, whose data path hands its
  * frames to emu_iavf1, where the TypeScript responder answers ARP and the
- * echo requests through IavfPort. Then the guest's interface counters (from
+ * echo requests through IavfPort; the guest also sends UDP (traceroute) and
+ * TCP (nc) to closed ports, whose checksums it leaves to the device, and gets
+ * port unreachables and a reset. Then the guest's interface counters (from
  * emu_iavf0's GET_STATS), emu_iavf0's and emu_iavf1's data-path counters,
  * the client's GET_STATS and the responder's counts must agree exactly;
- * the guest sends nothing but ARP and the pings (IPv6 is off), and each of
- * its frames gets exactly one answer.
+ * the guest sends nothing but ARP, the pings, the probes and the SYNs (IPv6
+ * is off), and each of its frames gets exactly one answer.
  */
 function iavfPingScenario(queues = 1, doorbellPages = false): Scenario {
   const id = 'iavf0'
@@ -502,6 +508,10 @@ function iavfPingScenario(queues = 1, doorbellPages = false): Scenario {
       decimal('ping_received', PING_COUNT),
       decimal('ping_distinct_seqs', PING_COUNT),
       decimal('ping_duplicates', 0),
+      // UDP and TCP with the checksums the guest left to the device: answered
+      decimal('traceroute_rc', 0),
+      decimal('traceroute_answers', 3),
+      decimal('tcp_refused', 1),
       // ATF_COM: the responder's ARP reply completed the entry, with the peer VF's MAC
       equals('neigh_flags', 0x2),
       equals('neigh_mac', IAVF_PEER_MAC_HEX),
@@ -552,6 +562,11 @@ function iavfPingScenario(queues = 1, doorbellPages = false): Scenario {
         exactly('respEchoReplies', PING_COUNT, stat('respEchoReplies')),
         atLeast('respArpRequests', 1, stat('respArpRequests')),
         sameAs('respArpReplies', 'respArpRequests'),
+        // traceroute's probes and nc's SYN, checksums completed by the device (a bad one is ignored)
+        atLeast('respUdpDatagrams', 3, stat('respUdpDatagrams')),
+        sameAs('respUnreachableReplies', 'respUdpDatagrams'),
+        atLeast('respTcpSegments', 1, stat('respTcpSegments')),
+        sameAs('respTcpResets', 'respTcpSegments'),
         ...['respIgnored', 'respSendDropped', 'respLoopErrors'].map(zero),
         exactly('respStopped', 1, stat('respStopped')),
       ],

@@ -1,5 +1,5 @@
 /**
- * `Responder`: a small ARP + ICMP echo responder on an iavf port.
+ * `Responder`: a small ARP, ICMP echo, UDP and TCP responder on an iavf port.
  *
  * ```ts
  * const port = await IavfPort.connect('/tmp/vf.sock')
@@ -20,6 +20,16 @@
  *   header checksum and a valid ICMP checksum) with an echo reply: the same
  *   identifier, sequence number and data, a fresh 20-byte IPv4 header (no
  *   options), TTL 64, both checksums computed anew.
+ *
+ * - UDP datagrams to its IP and MAC whose checksum is valid (or absent): to
+ *   port 7 (echo, RFC 862) with the same payload back; to any other port
+ *   with an ICMP port unreachable carrying the datagram's IP header and
+ *   first 8 bytes (RFC 792), as a host without that service answers;
+ * - TCP segments to its IP and MAC whose checksum is valid, other than
+ *   resets: with a reset (RFC 9293's answer for a closed port).
+ *
+ * The UDP and TCP checksums are the ones a guest's stack leaves to the NIC
+ * (checksum offload), so a valid one shows that the device completed it.
  *
  * Everything else is counted as ignored, by reason, and never throws:
  * `truncated` (too short for the headers it claims), `malformed` (impossible
@@ -59,9 +69,12 @@ export type IgnoreReason = 'truncated' | 'malformed' | 'bad-checksum' | 'not-for
 /** All {@link IgnoreReason}s. */
 export const IGNORE_REASONS: readonly IgnoreReason[] = ['truncated', 'malformed', 'bad-checksum', 'not-for-us', 'unsupported']
 
+/** The kinds of reply a {@link Responder} sends. */
+export type ReplyAction = 'arp-reply' | 'echo-reply' | 'udp-echo' | 'port-unreachable' | 'tcp-reset'
+
 /** What {@link Responder.handle} decided for one frame. */
 export type Verdict =
-  | { readonly action: 'arp-reply' | 'echo-reply'; readonly reply: Buffer }
+  | { readonly action: ReplyAction; readonly reply: Buffer }
   | { readonly action: 'ignore'; readonly reason: IgnoreReason }
 
 /** A responder's counters. */
@@ -76,6 +89,10 @@ export interface ResponderStats {
   arpRequests: number
   /** ICMP echo requests to its IP. */
   echoRequests: number
+  /** UDP datagrams to its IP with a valid (or no) checksum. */
+  udpDatagrams: number
+  /** TCP segments to its IP with a valid checksum (resets included). */
+  tcpSegments: number
   /** Frames that got no answer, all reasons. */
   ignored: number
   /** Ignored frames by reason. */
@@ -84,7 +101,13 @@ export interface ResponderStats {
   arpReplies: number
   /** Echo replies the port took for sending. */
   echoReplies: number
-  /** Replies the port took for sending (ARP and echo). */
+  /** UDP echo (port 7) replies the port took for sending. */
+  udpEchoReplies: number
+  /** ICMP port unreachables the port took for sending. */
+  unreachableReplies: number
+  /** TCP resets the port took for sending. */
+  tcpResets: number
+  /** Replies the port took for sending (all kinds). */
   sent: number
   /** Their bytes (padding included). */
   sentBytes: number
@@ -100,6 +123,17 @@ const ARP_REQUEST = 1
 const ARP_REPLY = 2
 const IPV4_HEADER = 20
 const IP_PROTO_ICMP = 1
+const IP_PROTO_TCP = 6
+const IP_PROTO_UDP = 17
+const UDP_HEADER = 8
+const UDP_ECHO_PORT = 7
+const TCP_HEADER = 20
+const TCP_FIN = 0x01
+const TCP_SYN = 0x02
+const TCP_RST = 0x04
+const TCP_ACK = 0x10
+const ICMP_DEST_UNREACHABLE = 3
+const ICMP_PORT_UNREACHABLE = 3
 const ICMP_ECHO_REPLY = 0
 const ICMP_ECHO_REQUEST = 8
 const ICMP_HEADER = 8
@@ -113,6 +147,19 @@ export function internetChecksum(data: Uint8Array): number {
   if (even !== data.length) sum += data[even]! << 8
   while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16)
   return ~sum & 0xffff
+}
+
+/**
+ * The TCP/UDP checksum of `l4` (header and data, its checksum field as
+ * received) over IPv4 `src` → `dst`: 0 when the received checksum is right.
+ */
+export function l4Checksum(src: Uint8Array, dst: Uint8Array, proto: number, l4: Uint8Array): number {
+  const pseudo = Buffer.alloc(12)
+  pseudo.set(src, 0)
+  pseudo.set(dst, 4)
+  pseudo[9] = proto
+  pseudo.writeUInt16BE(l4.length, 10)
+  return internetChecksum(Buffer.concat([pseudo, l4]))
 }
 
 /** `aa:bb:cc:dd:ee:ff` as 6 bytes; throws a `TypeError` for anything else. */
@@ -142,10 +189,15 @@ function emptyStats(): ResponderStats {
     receivedBroadcast: 0,
     arpRequests: 0,
     echoRequests: 0,
+    udpDatagrams: 0,
+    tcpSegments: 0,
     ignored: 0,
     ignoredBy: { truncated: 0, malformed: 0, 'bad-checksum': 0, 'not-for-us': 0, unsupported: 0 },
     arpReplies: 0,
     echoReplies: 0,
+    udpEchoReplies: 0,
+    unreachableReplies: 0,
+    tcpResets: 0,
     sent: 0,
     sentBytes: 0,
     sendDropped: 0,
@@ -234,6 +286,13 @@ export class Responder {
       case 'echo-reply':
         s.echoRequests++
         break
+      case 'udp-echo':
+      case 'port-unreachable':
+        s.udpDatagrams++
+        break
+      case 'tcp-reset':
+        s.tcpSegments++
+        break
       case 'ignore':
         s.ignored++
         s.ignoredBy[v.reason]++
@@ -300,36 +359,108 @@ export class Responder {
     if (!p.subarray(16, 20).equals(this.#ip)) return ignore('not-for-us')
     // More-fragments set or a non-zero offset: a piece of a datagram, not reassembled here.
     if ((p.readUInt16BE(6) & 0x3fff) !== 0) return ignore('unsupported')
+    if (p[9] === IP_PROTO_UDP) return this.#udp(f, p, ihl, total, mac)
+    if (p[9] === IP_PROTO_TCP) return this.#tcp(f, p, ihl, total, mac)
     if (p[9] !== IP_PROTO_ICMP) return ignore('unsupported')
     const icmp = p.subarray(ihl, total)
     if (icmp.length < ICMP_HEADER) return ignore('truncated')
     if (icmp[0] !== ICMP_ECHO_REQUEST || icmp[1] !== 0) return ignore('unsupported')
     if (internetChecksum(icmp) !== 0) return ignore('bad-checksum')
-    const srcIp = p.subarray(12, 16)
+    const out = Buffer.from(icmp)
+    out[0] = ICMP_ECHO_REPLY
+    out[1] = 0
+    out.writeUInt16BE(0, 2)
+    out.writeUInt16BE(internetChecksum(out), 2)
+    // The request's DSCP/ECN.
+    const reply = this.#ipv4Reply(f, p, mac, IP_PROTO_ICMP, out, p[1]!)
+    return { action: 'echo-reply', reply }
+  }
 
-    const reply = this.#frame(ETH_HEADER + IPV4_HEADER + icmp.length)
+  #udp(f: Buffer, p: Buffer, ihl: number, total: number, mac: Buffer): Verdict {
+    const seg = p.subarray(ihl, total)
+    if (seg.length < UDP_HEADER) return ignore('truncated')
+    const len = seg.readUInt16BE(4)
+    if (len < UDP_HEADER) return ignore('malformed')
+    if (len > seg.length) return ignore('truncated')
+    const udp = seg.subarray(0, len)
+    // 0: the sender computed none (allowed over IPv4).
+    if (udp.readUInt16BE(6) !== 0 && l4Checksum(p.subarray(12, 16), p.subarray(16, 20), IP_PROTO_UDP, udp) !== 0) {
+      return ignore('bad-checksum')
+    }
+    if (udp.readUInt16BE(2) === UDP_ECHO_PORT) {
+      const out = Buffer.alloc(len)
+      udp.copy(out)
+      out.writeUInt16BE(udp.readUInt16BE(2), 0)
+      out.writeUInt16BE(udp.readUInt16BE(0), 2)
+      out.writeUInt16BE(0, 6)
+      const reply = this.#ipv4Reply(f, p, mac, IP_PROTO_UDP, out)
+      const at = ETH_HEADER + IPV4_HEADER
+      const sum = l4Checksum(reply.subarray(ETH_HEADER + 12, ETH_HEADER + 16), reply.subarray(ETH_HEADER + 16, ETH_HEADER + 20), IP_PROTO_UDP, out)
+      reply.writeUInt16BE(sum === 0 ? 0xffff : sum, at + 6)
+      return { action: 'udp-echo', reply }
+    }
+    // ICMP destination unreachable, port unreachable: the offending IP header and 8 bytes.
+    const quoted = p.subarray(0, ihl + UDP_HEADER)
+    const icmp = Buffer.alloc(ICMP_HEADER + quoted.length)
+    icmp[0] = ICMP_DEST_UNREACHABLE
+    icmp[1] = ICMP_PORT_UNREACHABLE
+    quoted.copy(icmp, ICMP_HEADER)
+    icmp.writeUInt16BE(internetChecksum(icmp), 2)
+    return { action: 'port-unreachable', reply: this.#ipv4Reply(f, p, mac, IP_PROTO_ICMP, icmp) }
+  }
+
+  #tcp(f: Buffer, p: Buffer, ihl: number, total: number, mac: Buffer): Verdict {
+    const seg = p.subarray(ihl, total)
+    if (seg.length < TCP_HEADER) return ignore('truncated')
+    const dataOffset = (seg[12]! >> 4) * 4
+    if (dataOffset < TCP_HEADER) return ignore('malformed')
+    if (dataOffset > seg.length) return ignore('truncated')
+    if (l4Checksum(p.subarray(12, 16), p.subarray(16, 20), IP_PROTO_TCP, seg) !== 0) return ignore('bad-checksum')
+    const flags = seg[13]!
+    // Never answer a reset (RFC 9293 3.10.7.1); count it.
+    if ((flags & TCP_RST) !== 0) {
+      this.#stats.tcpSegments++
+      return ignore('unsupported')
+    }
+    const out = Buffer.alloc(TCP_HEADER)
+    out.writeUInt16BE(seg.readUInt16BE(2), 0)
+    out.writeUInt16BE(seg.readUInt16BE(0), 2)
+    if ((flags & TCP_ACK) !== 0) {
+      // <SEQ=SEG.ACK><CTL=RST>
+      out.writeUInt32BE(seg.readUInt32BE(8), 4)
+      out[13] = TCP_RST
+    } else {
+      // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>; SYN and FIN each count one.
+      const segLen = seg.length - dataOffset + ((flags & TCP_SYN) !== 0 ? 1 : 0) + ((flags & TCP_FIN) !== 0 ? 1 : 0)
+      out.writeUInt32BE((seg.readUInt32BE(4) + segLen) >>> 0, 8)
+      out[13] = TCP_RST | TCP_ACK
+    }
+    out[12] = (TCP_HEADER / 4) << 4
+    const reply = this.#ipv4Reply(f, p, mac, IP_PROTO_TCP, out)
+    const sum = l4Checksum(reply.subarray(ETH_HEADER + 12, ETH_HEADER + 16), reply.subarray(ETH_HEADER + 16, ETH_HEADER + 20), IP_PROTO_TCP, out)
+    reply.writeUInt16BE(sum, ETH_HEADER + IPV4_HEADER + 16)
+    return { action: 'tcp-reset', reply }
+  }
+
+  /** An Ethernet + IPv4 reply to the sender of `f` (IP header `p`) carrying `payload`. */
+  #ipv4Reply(f: Buffer, p: Buffer, mac: Buffer, proto: number, payload: Buffer, tos = 0): Buffer {
+    const reply = this.#frame(ETH_HEADER + IPV4_HEADER + payload.length)
     f.copy(reply, 0, 6, 12)
     mac.copy(reply, 6)
     reply.writeUInt16BE(ETHERTYPE_IPV4, 12)
     const ip = reply.subarray(ETH_HEADER, ETH_HEADER + IPV4_HEADER)
     ip[0] = 0x45
-    ip[1] = p[1]! // the request's DSCP/ECN
-    ip.writeUInt16BE(IPV4_HEADER + icmp.length, 2)
+    ip[1] = tos
+    ip.writeUInt16BE(IPV4_HEADER + payload.length, 2)
     ip.writeUInt16BE(this.#ipId, 4)
     this.#ipId = (this.#ipId + 1) & 0xffff
-    ip.writeUInt16BE(0, 6)
     ip[8] = this.#ttl
-    ip[9] = IP_PROTO_ICMP
+    ip[9] = proto
     this.#ip.copy(ip, 12)
-    srcIp.copy(ip, 16)
+    p.copy(ip, 16, 12, 16)
     ip.writeUInt16BE(internetChecksum(ip), 10)
-    const out = reply.subarray(ETH_HEADER + IPV4_HEADER, ETH_HEADER + IPV4_HEADER + icmp.length)
-    icmp.copy(out)
-    out[0] = ICMP_ECHO_REPLY
-    out[1] = 0
-    out.writeUInt16BE(0, 2)
-    out.writeUInt16BE(internetChecksum(out), 2)
-    return { action: 'echo-reply', reply }
+    payload.copy(reply, ETH_HEADER + IPV4_HEADER)
+    return reply
   }
 
   /** A zeroed reply buffer of `len` bytes, padded up to `minFrameLen`. */
@@ -378,8 +509,23 @@ export class Responder {
       }
       s.sent++
       s.sentBytes += v.reply.length
-      if (v.action === 'arp-reply') s.arpReplies++
-      else s.echoReplies++
+      switch (v.action) {
+        case 'arp-reply':
+          s.arpReplies++
+          break
+        case 'echo-reply':
+          s.echoReplies++
+          break
+        case 'udp-echo':
+          s.udpEchoReplies++
+          break
+        case 'port-unreachable':
+          s.unreachableReplies++
+          break
+        case 'tcp-reset':
+          s.tcpResets++
+          break
+      }
     }
   }
 

@@ -4,7 +4,8 @@
 # arrives on the RX ring of a second VF served in the harness process, driven
 # by emudev's own iavf client (IavfPort) and a TypeScript ARP + ICMP echo
 # responder for 198.18.0.2 (src/responder.ts). The guest pings it PING_COUNT
-# times and reports ping's summary, the neighbour entry ARP made, and its
+# times, sends UDP (traceroute) and TCP (nc) to closed ports, and reports
+# ping's summary, what traceroute and nc got, the neighbour entry ARP made, and its
 # interface counters (which iavf takes from the device's GET_STATS replies);
 # the host compares them with the devices' data-path counters and the
 # responder's. The addresses and the count are fixed here and in
@@ -50,6 +51,19 @@ check ping_received "$(echo "$summary" | sed -n 's/.* \([0-9]*\) packets receive
 # One line per reply: their sequence numbers must be 0..PING_COUNT-1, each once.
 check ping_distinct_seqs "$(sed -n 's/.*seq=\([0-9]*\).*/\1/p' /tmp/ping.out | sort -un | wc -l)"
 check ping_duplicates "$(grep -c 'DUP!' /tmp/ping.out)"
+
+# UDP and TCP, whose checksums Linux leaves to the NIC (iavf always offers
+# checksum offload): traceroute's UDP probes to closed ports get the
+# responder's ICMP port unreachable, nc's SYN gets its reset. A checksum the
+# device did not complete makes the responder ignore the frame, and then
+# traceroute prints '*' and nc times out.
+traceroute -n -m 1 -q 3 -w 2 "$PEER_IP" >/tmp/traceroute.out 2>&1
+check traceroute_rc $?
+while IFS= read -r line; do info "traceroute: $line"; done </tmp/traceroute.out
+check traceroute_answers "$(grep -o ' ms' /tmp/traceroute.out | wc -l)"
+nc -w 3 "$PEER_IP" 80 </dev/null >/tmp/nc.out 2>&1
+info "nc: rc $? $(cat /tmp/nc.out)"
+check tcp_refused "$(grep -c -i 'refused' /tmp/nc.out)"
 
 # The neighbour entry the responder's ARP reply made: its MAC, flags 0x2 (complete).
 neigh=$(awk -v ip="$PEER_IP" '$1 == ip { print $3, $4 }' /proc/net/arp)

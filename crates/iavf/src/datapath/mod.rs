@@ -2,8 +2,10 @@
 //! packets between the driver's descriptor rings and a back-end, attached to the device as an
 //! emudev [`DataPathProvider`].
 //!
-//! - [`TxEngine`]: `[head, QTX_TAIL)`, 16-byte data descriptors gathered until EOP, context
-//!   descriptors skipped, DESC_DONE written into RS descriptors.
+//! - [`TxEngine`]: `[head, QTX_TAIL)`, 16-byte data descriptors gathered until EOP, DESC_DONE
+//!   written into RS descriptors; the offloads a packet asks for (IPv4 header, TCP/UDP and SCTP
+//!   checksums from the data descriptor, TSO from a context descriptor) applied on the gathered
+//!   copy before the back-end sees it ([`TxOffloader`]).
 //! - [`RxEngine`]: only descriptors below `QRX_TAIL`; a frame spans buffers when it is larger
 //!   than one; 32-byte legacy write-back with DD|EOF and the length in qword1, stored last.
 //! - [`PairEngine`]: one queue pair and its back-end queue; [`PairEngine::poll`] moves up to
@@ -55,6 +57,7 @@ mod basic;
 mod capture;
 mod channel;
 mod mem;
+mod offload;
 mod pair;
 mod pcap;
 mod ring;
@@ -87,6 +90,10 @@ pub use self::capture::{CaptureStartError, CaptureStopError};
 pub use self::channel::{
     ChannelBackend, ChannelPort, ChannelSendError, ChannelStats, CreateChannelError,
     CHANNEL_DEFAULT_CAPACITY,
+};
+pub use self::offload::{
+    apply_checksums, crc32c, OffloadError, TsoRequest, TxOffload, TxOffloader, MAX_TSO_FRAME,
+    MAX_TX_HEADERS,
 };
 pub use self::pair::{
     ConnectPairError, Pair, PairRegistry, PairSide, PairStats, PAIR_DEFAULT_CAPACITY,
@@ -158,7 +165,8 @@ pub struct QueueStats {
     /// Their bytes.
     pub tx_bytes: u64,
     /// TX packets dropped: a descriptor or buffer outside mapped memory, a frame too long, a
-    /// bad descriptor type, a ring the device cannot reach.
+    /// bad descriptor type, a ring the device cannot reach, an offload request that does not fit
+    /// the frame (offsets past it, TSO of anything but TCP, a TSO length that does not match).
     pub tx_errors: u64,
     /// Packets written into the RX ring.
     pub rx_packets: u64,

@@ -109,6 +109,10 @@ pub mod tx_cmd {
     pub const L4T_EOFT_SCTP: u16 = 0x0200;
     /// UDP checksum.
     pub const L4T_EOFT_UDP: u16 = 0x0300;
+    /// The IIPT field (IP type and IPv4 header checksum insertion): `IIPT_*`.
+    pub const IIPT_MASK: u16 = 0x0060;
+    /// The L4T field (L4 type whose checksum to insert): `L4T_EOFT_*`.
+    pub const L4T_MASK: u16 = 0x0300;
 }
 
 /// Offsets in the OFFSET field: MACLEN (2-byte words), IPLEN and L4LEN (4-byte words).
@@ -125,6 +129,36 @@ pub mod tx_offset {
     pub const L4LEN_SHIFT: u32 = 14;
     /// L4LEN mask (before shifting, 4 bits).
     pub const L4LEN_MASK: u32 = 0xF;
+    /// Largest MACLEN in bytes (127 two-byte words).
+    pub const MACLEN_MAX_BYTES: usize = 2 * MACLEN_MASK as usize;
+    /// Largest IPLEN in bytes (127 four-byte words).
+    pub const IPLEN_MAX_BYTES: usize = 4 * IPLEN_MASK as usize;
+    /// Largest L4LEN in bytes (15 four-byte words).
+    pub const L4LEN_MAX_BYTES: usize = 4 * L4LEN_MASK as usize;
+
+    /// MACLEN of an OFFSET field, in bytes (the L2 header length: where the IP header starts).
+    pub const fn maclen(offset: u32) -> usize {
+        2 * ((offset >> MACLEN_SHIFT) & MACLEN_MASK) as usize
+    }
+
+    /// IPLEN of an OFFSET field, in bytes (the IP header length, IPv6 extension headers
+    /// included).
+    pub const fn iplen(offset: u32) -> usize {
+        4 * ((offset >> IPLEN_SHIFT) & IPLEN_MASK) as usize
+    }
+
+    /// L4LEN of an OFFSET field, in bytes (the L4 header length).
+    pub const fn l4len(offset: u32) -> usize {
+        4 * ((offset >> L4LEN_SHIFT) & L4LEN_MASK) as usize
+    }
+
+    /// An OFFSET field from lengths in bytes, as a driver computes it (`maclen >> 1`,
+    /// `iplen >> 2`, `l4len >> 2`; bits beyond each field are dropped).
+    pub const fn encode(maclen: usize, iplen: usize, l4len: usize) -> u32 {
+        ((((maclen >> 1) as u32) & MACLEN_MASK) << MACLEN_SHIFT)
+            | ((((iplen >> 2) as u32) & IPLEN_MASK) << IPLEN_SHIFT)
+            | ((((l4len >> 2) as u32) & L4LEN_MASK) << L4LEN_SHIFT)
+    }
 }
 
 /// TX context descriptor fields.
@@ -147,6 +181,8 @@ pub mod tx_ctx {
     pub const MSS_SHIFT: u32 = 50;
     /// MSS mask (before shifting, 14 bits).
     pub const MSS_MASK: u64 = 0x3FFF;
+    /// Largest TSO_LEN (18 bits: 256 KiB - 1 of payload).
+    pub const TSO_LEN_MAX: usize = TSO_LEN_MASK as usize;
 }
 
 /// `struct iavf_tx_desc` (16 bytes): a data descriptor, or any descriptor's raw qwords.
@@ -275,6 +311,29 @@ impl TxContextDesc {
     /// Maximum segment size.
     pub const fn mss(&self) -> u16 {
         ((self.type_cmd_tso_mss >> tx_ctx::MSS_SHIFT) & tx_ctx::MSS_MASK) as u16
+    }
+
+    /// Whether CMD asks for TCP segmentation.
+    pub const fn is_tso(&self) -> bool {
+        self.cmd() & tx_ctx::CMD_TSO != 0
+    }
+
+    /// Reads a descriptor taken from the ring as raw qwords ([`TxDesc`]) as a context
+    /// descriptor: qword0 holds `tunneling_params` and `l2tag2`, qword1 `type_cmd_tso_mss`.
+    pub const fn from_raw(d: &TxDesc) -> Self {
+        TxContextDesc {
+            tunneling_params: d.buffer_addr as u32,
+            l2tag2: (d.buffer_addr >> 32) as u16,
+            type_cmd_tso_mss: d.cmd_type_offset_bsz,
+        }
+    }
+
+    /// As raw qwords, to post it on a TX ring (reserved bytes zero).
+    pub const fn to_raw(&self) -> TxDesc {
+        TxDesc {
+            buffer_addr: (self.tunneling_params as u64) | ((self.l2tag2 as u64) << 32),
+            cmd_type_offset_bsz: self.type_cmd_tso_mss,
+        }
     }
 
     /// Decodes exactly 16 bytes.
@@ -577,6 +636,42 @@ mod tests {
         let b = c.encode();
         assert_eq!(&b[4..6], &7u16.to_le_bytes());
         assert_eq!(TxContextDesc::decode(&b), Ok(c));
+        assert!(c.is_tso());
+        assert!(!TxContextDesc::new(tx_ctx::CMD_TSYN, 0, 0, 0).is_tso());
+        // Raw qwords: the same bytes as the encoding, both ways.
+        let raw = c.to_raw();
+        assert_eq!(raw.encode(), b);
+        assert_eq!(TxContextDesc::from_raw(&raw), c);
+        assert_eq!(raw.dtype(), dtype::CONTEXT);
+        let full = TxContextDesc::new(tx_ctx::CMD_TSO, u32::MAX, u16::MAX, 0);
+        assert_eq!(full.tso_len() as usize, tx_ctx::TSO_LEN_MAX);
+        assert_eq!(full.mss(), 0x3FFF);
+    }
+
+    #[test]
+    fn tx_offset_fields_in_bytes() {
+        let off = tx_offset::encode(14, 20, 32);
+        assert_eq!(off, 7 | (5 << 7) | (8 << 14));
+        assert_eq!(tx_offset::maclen(off), 14);
+        assert_eq!(tx_offset::iplen(off), 20);
+        assert_eq!(tx_offset::l4len(off), 32);
+        let max = tx_offset::encode(usize::MAX, usize::MAX, usize::MAX);
+        assert_eq!(u64::from(max), TXD_QW1_OFFSET_MASK);
+        assert_eq!(tx_offset::maclen(max), tx_offset::MACLEN_MAX_BYTES);
+        assert_eq!(tx_offset::iplen(max), tx_offset::IPLEN_MAX_BYTES);
+        assert_eq!(tx_offset::l4len(max), tx_offset::L4LEN_MAX_BYTES);
+        assert_eq!(
+            (
+                tx_offset::maclen(0),
+                tx_offset::iplen(0),
+                tx_offset::l4len(0)
+            ),
+            (0, 0, 0)
+        );
+        let d = TxDesc::data(0, 60, tx_cmd::IIPT_IPV4_CSUM | tx_cmd::L4T_EOFT_UDP, off, 0);
+        assert_eq!(d.cmd() & tx_cmd::IIPT_MASK, tx_cmd::IIPT_IPV4_CSUM);
+        assert_eq!(d.cmd() & tx_cmd::L4T_MASK, tx_cmd::L4T_EOFT_UDP);
+        assert_eq!(tx_offset::iplen(d.offset()), 20);
     }
 
     #[test]
