@@ -474,6 +474,13 @@ export interface DatapathQueueStats {
   rxErrors: number
   /** RX packets dropped because the client had posted no descriptor. */
   rxDrops: number
+  /**
+   * Of `txPackets`, those sent with checksum or TSO offloads applied (each TSO segment
+   * counts).
+   */
+  txOffloaded: number
+  /** TSO packets the device cut into segments. */
+  txTso: number
 }
 
 /** `datapathStats()`: the back-end and each queue pair's counters. */

@@ -125,10 +125,10 @@ function udp(dstPort: number, payload: Buffer, sum?: number): Buffer {
   return l4Frame(17, Buffer.concat([h, payload]), 6, sum)
 }
 
-function tcp(flags: number, seq: number, ack: number, payload = Buffer.alloc(0), sum?: number): Buffer {
+function tcp(flags: number, seq: number, ack: number, payload = Buffer.alloc(0), sum?: number, dstPort = 80, srcPort = 40001): Buffer {
   const h = Buffer.alloc(20)
-  h.writeUInt16BE(40001, 0)
-  h.writeUInt16BE(80, 2)
+  h.writeUInt16BE(srcPort, 0)
+  h.writeUInt16BE(dstPort, 2)
   h.writeUInt32BE(seq, 4)
   h.writeUInt32BE(ack, 8)
   h[12] = 5 << 4
@@ -720,10 +720,48 @@ test('TCP: a SYN gets RST+ACK, a segment with ACK gets RST at its ack number, re
   t.is(b[13], 0x04, 'RST')
   t.is(replyL4Sum(data.reply), 0)
 
-  t.deepEqual(r.handle(tcp(0x04, 1, 0)), { action: 'ignore', reason: 'unsupported' })
+  t.deepEqual(r.handle(tcp(0x04, 1, 0)), { action: 'no-reply' })
   t.deepEqual(r.handle(tcp(0x02, 1000, 0, Buffer.alloc(0), 0xbeef)), { action: 'ignore', reason: 'bad-checksum' })
   const bad = tcp(0x02, 1, 0)
   bad[34 + 12] = 4 << 4
   t.deepEqual(r.handle(bad), { action: 'ignore', reason: 'malformed' })
-  t.like(r.stats(), { tcpSegments: 3, ignored: 3 })
+  t.like(r.stats(), { tcpSegments: 3, ignored: 2 })
+})
+
+test('TCP discard service on port 9: handshake, in-order data counted, out-of-order re-acked, FIN answered', (t) => {
+  const r = responder()
+  const seg = (flags: number, seq: number, ack: number, data = Buffer.alloc(0)) => tcp(flags, seq, ack, data, undefined, 9)
+  const fields = (v: ReturnType<Responder['handle']>) => {
+    if (v.action !== 'tcp-ack') return { action: v.action }
+    const h = v.reply.subarray(34)
+    t.is(replyL4Sum(v.reply), 0, 'TCP checksum of the reply')
+    return { action: v.action, seq: h.readUInt32BE(4), ack: h.readUInt32BE(8), flags: h[13], window: h.readUInt16BE(14), hlen: (h[12]! >> 4) * 4 }
+  }
+  // SYN -> SYN-ACK with the MSS option
+  const synAck = r.handle(seg(0x02, 5000, 0))
+  t.like(fields(synAck), { action: 'tcp-ack', ack: 5001, flags: 0x12, window: 0xffff, hlen: 24 })
+  if (synAck.action !== 'tcp-ack') return
+  t.deepEqual([...synAck.reply.subarray(54, 58)], [2, 4, 1460 >> 8, 1460 & 0xff])
+  const iss = synAck.reply.readUInt32BE(38)
+  // the handshake's ACK needs no answer
+  t.is(r.handle(seg(0x10, 5001, iss + 1)).action, 'no-reply')
+  // in order: acknowledged and counted
+  t.like(fields(r.handle(seg(0x18, 5001, iss + 1, Buffer.alloc(1000, 1)))), { ack: 6001, flags: 0x10 })
+  // a gap: re-acknowledges what it has, counts nothing
+  t.like(fields(r.handle(seg(0x10, 7001, iss + 1, Buffer.alloc(500)))), { ack: 6001 })
+  t.like(fields(r.handle(seg(0x10, 6001, iss + 1, Buffer.alloc(1000)))), { ack: 7001 })
+  // FIN (with data): FIN-ACK for all of it
+  t.like(fields(r.handle(seg(0x19, 7001, iss + 1, Buffer.alloc(10)))), { seq: iss + 1, ack: 7012, flags: 0x11 })
+  // the last ACK closes it: a new segment on it is reset
+  t.is(r.handle(seg(0x10, 7012, iss + 2)).action, 'no-reply')
+  t.is(r.handle(seg(0x10, 7012, iss + 2, Buffer.alloc(5))).action, 'tcp-reset')
+  t.like(r.stats(), { tcpConnections: 1, tcpBytes: 2010, tcpClosed: 1, ignored: 0 })
+  // data on a connection it never accepted: reset
+  t.is(r.handle(tcp(0x18, 1, 1, Buffer.alloc(3), undefined, 9, 41000)).action, 'tcp-reset')
+  // at most 16 at a time
+  for (let i = 0; i < 16; i++) t.is(r.handle(tcp(0x02, 1, 0, Buffer.alloc(0), undefined, 9, 50000 + i)).action, 'tcp-ack')
+  t.is(r.handle(tcp(0x02, 1, 0, Buffer.alloc(0), undefined, 9, 50016)).action, 'tcp-reset')
+  // a reset frees its slot
+  t.is(r.handle(tcp(0x04, 2, 0, Buffer.alloc(0), undefined, 9, 50000)).action, 'no-reply')
+  t.is(r.handle(tcp(0x02, 1, 0, Buffer.alloc(0), undefined, 9, 50016)).action, 'tcp-ack')
 })

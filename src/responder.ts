@@ -25,8 +25,12 @@
  *   port 7 (echo, RFC 862) with the same payload back; to any other port
  *   with an ICMP port unreachable carrying the datagram's IP header and
  *   first 8 bytes (RFC 792), as a host without that service answers;
- * - TCP segments to its IP and MAC whose checksum is valid, other than
- *   resets: with a reset (RFC 9293's answer for a closed port).
+ * - TCP to port 9 (discard, RFC 863): it accepts connections (MSS 1460, a
+ *   64 KiB window, no options beyond MSS), acknowledges every in-order
+ *   segment and counts its bytes, re-acknowledges out-of-order ones, and
+ *   answers a FIN with its own; at most 16 connections at a time;
+ * - other TCP segments to its IP and MAC whose checksum is valid, other
+ *   than resets: with a reset (RFC 9293's answer for a closed port).
  *
  * The UDP and TCP checksums are the ones a guest's stack leaves to the NIC
  * (checksum offload), so a valid one shows that the device completed it.
@@ -70,11 +74,13 @@ export type IgnoreReason = 'truncated' | 'malformed' | 'bad-checksum' | 'not-for
 export const IGNORE_REASONS: readonly IgnoreReason[] = ['truncated', 'malformed', 'bad-checksum', 'not-for-us', 'unsupported']
 
 /** The kinds of reply a {@link Responder} sends. */
-export type ReplyAction = 'arp-reply' | 'echo-reply' | 'udp-echo' | 'port-unreachable' | 'tcp-reset'
+export type ReplyAction = 'arp-reply' | 'echo-reply' | 'udp-echo' | 'port-unreachable' | 'tcp-reset' | 'tcp-ack'
 
 /** What {@link Responder.handle} decided for one frame. */
 export type Verdict =
   | { readonly action: ReplyAction; readonly reply: Buffer }
+  /** Handled, and nothing to send: a TCP ACK or reset the discard service takes in. */
+  | { readonly action: 'no-reply' }
   | { readonly action: 'ignore'; readonly reason: IgnoreReason }
 
 /** A responder's counters. */
@@ -93,6 +99,12 @@ export interface ResponderStats {
   udpDatagrams: number
   /** TCP segments to its IP with a valid checksum (resets included). */
   tcpSegments: number
+  /** Connections the discard service (port 9) accepted. */
+  tcpConnections: number
+  /** In-order bytes the discard service received. */
+  tcpBytes: number
+  /** Connections closed by the peer's FIN (and answered with ours). */
+  tcpClosed: number
   /** Frames that got no answer, all reasons. */
   ignored: number
   /** Ignored frames by reason. */
@@ -107,6 +119,8 @@ export interface ResponderStats {
   unreachableReplies: number
   /** TCP resets the port took for sending. */
   tcpResets: number
+  /** TCP acknowledgements (SYN-ACK, ACK, FIN-ACK) of the discard service the port took. */
+  tcpAcks: number
   /** Replies the port took for sending (all kinds). */
   sent: number
   /** Their bytes (padding included). */
@@ -132,6 +146,11 @@ const TCP_FIN = 0x01
 const TCP_SYN = 0x02
 const TCP_RST = 0x04
 const TCP_ACK = 0x10
+const TCP_DISCARD_PORT = 9
+const TCP_MSS = 1460
+const TCP_WINDOW = 0xffff
+const TCP_MAX_CONNECTIONS = 16
+const TCP_ISS = 0x10000
 const ICMP_DEST_UNREACHABLE = 3
 const ICMP_PORT_UNREACHABLE = 3
 const ICMP_ECHO_REPLY = 0
@@ -181,6 +200,7 @@ function formatMac(mac: Buffer): string {
 }
 
 const ignore = (reason: IgnoreReason): Verdict => ({ action: 'ignore', reason })
+const NO_REPLY: Verdict = { action: 'no-reply' }
 
 function emptyStats(): ResponderStats {
   return {
@@ -191,6 +211,9 @@ function emptyStats(): ResponderStats {
     echoRequests: 0,
     udpDatagrams: 0,
     tcpSegments: 0,
+    tcpConnections: 0,
+    tcpBytes: 0,
+    tcpClosed: 0,
     ignored: 0,
     ignoredBy: { truncated: 0, malformed: 0, 'bad-checksum': 0, 'not-for-us': 0, unsupported: 0 },
     arpReplies: 0,
@@ -198,6 +221,7 @@ function emptyStats(): ResponderStats {
     udpEchoReplies: 0,
     unreachableReplies: 0,
     tcpResets: 0,
+    tcpAcks: 0,
     sent: 0,
     sentBytes: 0,
     sendDropped: 0,
@@ -214,6 +238,8 @@ export class Responder {
   readonly #ttl: number
   readonly #stopTimeoutMs: number
   #stats = emptyStats()
+  /** Discard-service connections by `srcIp:srcPort`. */
+  readonly #conns = new Map<string, { rcvNxt: number; sndNxt: number; finSent: boolean }>()
   #ipId = 0
   #abort: AbortController | undefined
   #loop: Promise<void> | undefined
@@ -291,6 +317,8 @@ export class Responder {
         s.udpDatagrams++
         break
       case 'tcp-reset':
+      case 'tcp-ack':
+      case 'no-reply':
         s.tcpSegments++
         break
       case 'ignore':
@@ -417,29 +445,91 @@ export class Responder {
     if (dataOffset > seg.length) return ignore('truncated')
     if (l4Checksum(p.subarray(12, 16), p.subarray(16, 20), IP_PROTO_TCP, seg) !== 0) return ignore('bad-checksum')
     const flags = seg[13]!
-    // Never answer a reset (RFC 9293 3.10.7.1); count it.
+    const key = `${p.subarray(12, 16).join('.')}:${seg.readUInt16BE(0)}`
+    // Never answer a reset (RFC 9293 3.10.7.1); forget the connection.
     if ((flags & TCP_RST) !== 0) {
-      this.#stats.tcpSegments++
-      return ignore('unsupported')
+      this.#conns.delete(key)
+      return NO_REPLY
     }
-    const out = Buffer.alloc(TCP_HEADER)
-    out.writeUInt16BE(seg.readUInt16BE(2), 0)
-    out.writeUInt16BE(seg.readUInt16BE(0), 2)
+    if (seg.readUInt16BE(2) === TCP_DISCARD_PORT) {
+      const v = this.#discard(f, p, seg, dataOffset, flags, key, mac)
+      if (v !== undefined) return v
+    }
+    let reply: Buffer
     if ((flags & TCP_ACK) !== 0) {
       // <SEQ=SEG.ACK><CTL=RST>
-      out.writeUInt32BE(seg.readUInt32BE(8), 4)
-      out[13] = TCP_RST
+      reply = this.#tcpSegment(f, p, seg, mac, seg.readUInt32BE(8), 0, TCP_RST, false)
     } else {
       // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>; SYN and FIN each count one.
       const segLen = seg.length - dataOffset + ((flags & TCP_SYN) !== 0 ? 1 : 0) + ((flags & TCP_FIN) !== 0 ? 1 : 0)
-      out.writeUInt32BE((seg.readUInt32BE(4) + segLen) >>> 0, 8)
-      out[13] = TCP_RST | TCP_ACK
+      reply = this.#tcpSegment(f, p, seg, mac, 0, seg.readUInt32BE(4) + segLen, TCP_RST | TCP_ACK, false)
     }
-    out[12] = (TCP_HEADER / 4) << 4
+    return { action: 'tcp-reset', reply }
+  }
+
+  /**
+   * The discard service: the reply for a segment of a connection it knows
+   * or a SYN that opens one; undefined to answer with a reset.
+   */
+  #discard(f: Buffer, p: Buffer, seg: Buffer, dataOffset: number, flags: number, key: string, mac: Buffer): Verdict | undefined {
+    const seq = seg.readUInt32BE(4)
+    let c = this.#conns.get(key)
+    if ((flags & TCP_SYN) !== 0) {
+      if ((flags & TCP_ACK) !== 0) return undefined
+      if (c === undefined) {
+        if (this.#conns.size >= TCP_MAX_CONNECTIONS) return undefined
+        c = { rcvNxt: (seq + 1) >>> 0, sndNxt: (TCP_ISS + 1) >>> 0, finSent: false }
+        this.#conns.set(key, c)
+        this.#stats.tcpConnections++
+      }
+      // A SYN again (ours was lost): the same SYN-ACK.
+      return { action: 'tcp-ack', reply: this.#tcpSegment(f, p, seg, mac, TCP_ISS, c.rcvNxt, TCP_SYN | TCP_ACK, true) }
+    }
+    if (c === undefined || (flags & TCP_ACK) === 0) return undefined
+    const len = seg.length - dataOffset
+    if (seq === c.rcvNxt) {
+      c.rcvNxt = (c.rcvNxt + len) >>> 0
+      this.#stats.tcpBytes += len
+      if ((flags & TCP_FIN) !== 0) c.rcvNxt = (c.rcvNxt + 1) >>> 0
+    }
+    const ack = seg.readUInt32BE(8)
+    if (c.finSent && ack === c.sndNxt) {
+      // The last ACK of the close.
+      this.#conns.delete(key)
+      return NO_REPLY
+    }
+    if ((flags & TCP_FIN) !== 0 && seq + len + 1 === c.rcvNxt && !c.finSent) {
+      const reply = this.#tcpSegment(f, p, seg, mac, c.sndNxt, c.rcvNxt, TCP_FIN | TCP_ACK, false)
+      c.sndNxt = (c.sndNxt + 1) >>> 0
+      c.finSent = true
+      this.#stats.tcpClosed++
+      return { action: 'tcp-ack', reply }
+    }
+    // A bare ACK of ours needs no answer; data (in order or not) gets the cumulative ACK.
+    if (len === 0 && (flags & TCP_FIN) === 0) return NO_REPLY
+    return { action: 'tcp-ack', reply: this.#tcpSegment(f, p, seg, mac, c.sndNxt, c.rcvNxt, TCP_ACK, false) }
+  }
+
+  /** A TCP segment without data back to the sender of `seg`; the MSS option on a SYN. */
+  #tcpSegment(f: Buffer, p: Buffer, seg: Buffer, mac: Buffer, seq: number, ack: number, flags: number, mss: boolean): Buffer {
+    const len = TCP_HEADER + (mss ? 4 : 0)
+    const out = Buffer.alloc(len)
+    out.writeUInt16BE(seg.readUInt16BE(2), 0)
+    out.writeUInt16BE(seg.readUInt16BE(0), 2)
+    out.writeUInt32BE(seq >>> 0, 4)
+    out.writeUInt32BE(ack >>> 0, 8)
+    out[12] = (len / 4) << 4
+    out[13] = flags
+    out.writeUInt16BE((flags & TCP_RST) !== 0 ? 0 : TCP_WINDOW, 14)
+    if (mss) {
+      out[20] = 2
+      out[21] = 4
+      out.writeUInt16BE(TCP_MSS, 22)
+    }
     const reply = this.#ipv4Reply(f, p, mac, IP_PROTO_TCP, out)
     const sum = l4Checksum(reply.subarray(ETH_HEADER + 12, ETH_HEADER + 16), reply.subarray(ETH_HEADER + 16, ETH_HEADER + 20), IP_PROTO_TCP, out)
     reply.writeUInt16BE(sum, ETH_HEADER + IPV4_HEADER + 16)
-    return { action: 'tcp-reset', reply }
+    return reply
   }
 
   /** An Ethernet + IPv4 reply to the sender of `f` (IP header `p`) carrying `payload`. */
@@ -500,7 +590,7 @@ export class Responder {
   async #run(signal: AbortSignal): Promise<void> {
     for await (const frame of this.#port.packets({ queue: this.#queue, signal })) {
       const v = this.handle(frame)
-      if (v.action === 'ignore') continue
+      if (v.action === 'ignore' || v.action === 'no-reply') continue
       const taken = await this.#port.send([v.reply], this.#queue)
       const s = this.#stats
       if (taken < 1) {
@@ -524,6 +614,9 @@ export class Responder {
           break
         case 'tcp-reset':
           s.tcpResets++
+          break
+        case 'tcp-ack':
+          s.tcpAcks++
           break
       }
     }

@@ -4,13 +4,15 @@
 # arrives on the RX ring of a second VF served in the harness process, driven
 # by emudev's own iavf client (IavfPort) and a TypeScript ARP + ICMP echo
 # responder for 198.18.0.2 (src/responder.ts). The guest pings it PING_COUNT
-# times, sends UDP (traceroute) and TCP (nc) to closed ports, and reports
+# times, sends UDP (traceroute) and TCP (nc) to closed ports, 1 MiB over TCP
+# to its discard port (TSO), and reports
 # ping's summary, what traceroute and nc got, the neighbour entry ARP made, and its
 # interface counters (which iavf takes from the device's GET_STATS replies);
 # the host compares them with the devices' data-path counters and the
 # responder's. The addresses and the count are fixed here and in
 # guest/harness.ts (iavfPingScenario).
 PING_COUNT=20
+TCP_BULK_BYTES=1048576
 OUR_IP=198.18.0.1
 PEER_IP=198.18.0.2
 
@@ -64,6 +66,12 @@ check traceroute_answers "$(grep -o ' ms' /tmp/traceroute.out | wc -l)"
 nc -w 3 "$PEER_IP" 80 </dev/null >/tmp/nc.out 2>&1
 info "nc: rc $? $(cat /tmp/nc.out)"
 check tcp_refused "$(grep -c -i 'refused' /tmp/nc.out)"
+# 1 MiB to the responder's discard port (9): Linux hands the device TSO packets
+# (iavf always offers TSO) that its TX engine must cut into valid segments; nc
+# sends FIN at the end of its input and exits when the responder's FIN comes.
+head -c "$TCP_BULK_BYTES" /dev/zero | timeout 60 nc "$PEER_IP" 9 >/tmp/bulk.out 2>&1
+check tcp_bulk_rc $?
+info "nc bulk: sent $TCP_BULK_BYTES bytes to $PEER_IP:9 $(cat /tmp/bulk.out)"
 
 # The neighbour entry the responder's ARP reply made: its MAC, flags 0x2 (complete).
 neigh=$(awk -v ip="$PEER_IP" '$1 == ip { print $3, $4 }' /proc/net/arp)

@@ -231,6 +231,7 @@ fn udp_ipv4_checksums_are_completed_on_the_way_out() {
     assert_eq!(g, &expect);
     let q = vf.stats.queue(0).expect("q0");
     assert_eq!((q.tx_packets, q.tx_errors, q.rx_packets), (1, 0, 1));
+    assert_eq!((q.tx_offloaded, q.tx_tso), (1, 0));
     release(&mut vf, &bufs);
 }
 
@@ -242,6 +243,7 @@ fn a_tso_packet_comes_back_as_three_valid_segments() {
     tso_round(&mut vf, |vf| rx_all(vf, 0));
     let q = vf.stats.queue(0).expect("q0");
     assert_eq!((q.tx_packets, q.rx_packets, q.tx_errors), (6, 6, 0));
+    assert_eq!((q.tx_offloaded, q.tx_tso), (6, 2), "six segments of two TSO packets");
 }
 
 #[test]

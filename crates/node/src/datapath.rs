@@ -112,6 +112,11 @@ pub struct JsQueueStats {
     pub rx_errors: f64,
     /// RX packets dropped because the client had posted no descriptor.
     pub rx_drops: f64,
+    /// Of `txPackets`, those sent with checksum or TSO offloads applied (each TSO segment
+    /// counts).
+    pub tx_offloaded: f64,
+    /// TSO packets the device cut into segments.
+    pub tx_tso: f64,
 }
 
 impl JsQueueStats {
@@ -126,6 +131,8 @@ impl JsQueueStats {
             rx_bytes: d(now.rx_bytes, b.rx_bytes),
             rx_errors: d(now.rx_errors, b.rx_errors),
             rx_drops: d(now.rx_drops, b.rx_drops),
+            tx_offloaded: d(now.tx_offloaded, b.tx_offloaded),
+            tx_tso: d(now.tx_tso, b.tx_tso),
         }
     }
 }

@@ -130,6 +130,10 @@ pub struct Tally {
     pub errors: u64,
     /// Packets dropped for want of RX descriptors.
     pub drops: u64,
+    /// TX: good packets that went out with offloads applied (each TSO segment counts).
+    pub offloaded: u64,
+    /// TX: TSO packets cut into segments.
+    pub tso: u64,
 }
 
 impl Tally {
@@ -155,6 +159,8 @@ pub struct QueueCounters {
     rx_bytes: AtomicU64,
     rx_errors: AtomicU64,
     rx_drops: AtomicU64,
+    tx_offloaded: AtomicU64,
+    tx_tso: AtomicU64,
 }
 
 /// One queue pair's counters at one moment.
@@ -176,6 +182,12 @@ pub struct QueueStats {
     pub rx_errors: u64,
     /// RX packets dropped because no descriptor was posted.
     pub rx_drops: u64,
+    /// Of `tx_packets`, those that went out with checksum or TSO offloads applied (each TSO
+    /// segment counts).
+    pub tx_offloaded: u64,
+    /// TSO packets the device cut into segments (each is one ring packet, several
+    /// `tx_packets`).
+    pub tx_tso: u64,
 }
 
 impl QueueCounters {
@@ -192,6 +204,8 @@ impl QueueCounters {
         add(&self.rx_bytes, rx.bytes);
         add(&self.rx_errors, rx.errors);
         add(&self.rx_drops, rx.drops);
+        add(&self.tx_offloaded, tx.offloaded);
+        add(&self.tx_tso, tx.tso);
     }
 
     /// The counters now.
@@ -205,6 +219,8 @@ impl QueueCounters {
             rx_bytes: l(&self.rx_bytes),
             rx_errors: l(&self.rx_errors),
             rx_drops: l(&self.rx_drops),
+            tx_offloaded: l(&self.tx_offloaded),
+            tx_tso: l(&self.tx_tso),
         }
     }
 }
@@ -499,6 +515,8 @@ impl DatapathStats {
                 rx_bytes: t.rx_bytes + s.rx_bytes,
                 rx_errors: t.rx_errors + s.rx_errors,
                 rx_drops: t.rx_drops + s.rx_drops,
+                tx_offloaded: t.tx_offloaded + s.tx_offloaded,
+                tx_tso: t.tx_tso + s.tx_tso,
             }
         })
     }

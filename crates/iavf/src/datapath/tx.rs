@@ -256,11 +256,16 @@ impl TxEngine {
         } else {
             let sent = self.offloader.apply(frame, &self.offload, &mut |f| {
                 tally.count(f);
+                tally.offloaded += 1;
                 sink(f);
             });
-            if let Err(e) = sent {
-                log::debug!("iavf tx: offload request refused, packet dropped: {e}");
-                tally.errors += 1;
+            match sent {
+                Ok(_) if self.offload.tso.is_some() => tally.tso += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    log::debug!("iavf tx: offload request refused, packet dropped: {e}");
+                    tally.errors += 1;
+                }
             }
         }
         self.frame_len = 0;
