@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod offload;
 pub mod seeds;
 pub mod trace;
 pub mod virtchnl;
