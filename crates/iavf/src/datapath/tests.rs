@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use emudev_dma::{DmaLimits, DmaMapRequest, DmaProt, DmaTable, Iova, SharedMemory};
+use emudev_dma::{DmaTable, SharedMemory};
 
 use super::*;
 use crate::spec::desc::{rx_error, tx_cmd, RxDescRead, RxDescWb, TxContextDesc, TxDesc};
@@ -15,17 +15,7 @@ const RX_RING: u64 = BASE + 0x1000;
 const BUFS: u64 = BASE + 0x4000;
 
 fn table() -> (DmaTable, SharedMemory) {
-    let t = DmaTable::new(DmaLimits::default());
-    let (mem, fd) = SharedMemory::memfd("dp-test", SIZE).expect("memfd");
-    t.map(DmaMapRequest {
-        iova: Iova(BASE),
-        size: SIZE,
-        prot: DmaProt::RW,
-        file_offset: 0,
-        fd: Some(fd),
-    })
-    .expect("map");
-    (t, mem)
+    super::testing::memfd_table("dp-test", BASE, SIZE)
 }
 
 fn put_tx(mem: &SharedMemory, i: u64, d: [u8; 16]) {

@@ -277,7 +277,7 @@ impl TxEngine {
 
 #[cfg(test)]
 mod tests {
-    use emudev_dma::{DmaLimits, DmaMapRequest, SharedMemory};
+    use emudev_dma::SharedMemory;
 
     use super::super::offload::test_frames::*;
     use super::super::BURST;
@@ -293,17 +293,7 @@ mod tests {
     const V4_UDP: u16 = tx_cmd::IIPT_IPV4_CSUM | tx_cmd::L4T_EOFT_UDP;
 
     fn table() -> (DmaTable, SharedMemory) {
-        let t = DmaTable::new(DmaLimits::default());
-        let (mem, fd) = SharedMemory::memfd("tx-offload-test", SIZE).expect("memfd");
-        t.map(DmaMapRequest {
-            iova: Iova(BASE),
-            size: SIZE,
-            prot: DmaProt::RW,
-            file_offset: 0,
-            fd: Some(fd),
-        })
-        .expect("map");
-        (t, mem)
+        super::super::testing::memfd_table("tx-offload-test", BASE, SIZE)
     }
 
     /// Lays descriptors into the ring from slot `next` and the bytes they point at into the
