@@ -243,7 +243,11 @@ fn a_tso_packet_comes_back_as_three_valid_segments() {
     tso_round(&mut vf, |vf| rx_all(vf, 0));
     let q = vf.stats.queue(0).expect("q0");
     assert_eq!((q.tx_packets, q.rx_packets, q.tx_errors), (6, 6, 0));
-    assert_eq!((q.tx_offloaded, q.tx_tso), (6, 2), "six segments of two TSO packets");
+    assert_eq!(
+        (q.tx_offloaded, q.tx_tso),
+        (6, 2),
+        "six segments of two TSO packets"
+    );
 }
 
 #[test]
