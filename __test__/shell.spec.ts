@@ -486,6 +486,12 @@ test('show port stats: the NIC statistics block, per-queue lines, throughput sin
   t.is(await shell.execute('clear port stats 0'), 'ok')
   t.is(out(), '  NIC statistics for port 0 cleared\n')
   t.true(host.calls.includes('clear emu_iavf0'))
+  t.notRegex(out(), /TX-offloaded/)
+  // A data path that reports TX offloads: summed over the queues, on a line after TX.
+  host.stats.set('emu_iavf0', sumQueues([{ ...queue(1, 12), txOffloaded: 10, txTso: 2 }, { ...queue(0, 3), txOffloaded: 3, txTso: 1 }]))
+  clear()
+  await shell.execute('show port stats 0')
+  t.regex(out().split('\n')[5] ?? '', /^ {2}TX-offloaded: 13 +TX-TSO: 3$/)
 })
 
 test('show port info and show config fwd', async (t) => {

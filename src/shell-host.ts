@@ -103,6 +103,10 @@ export interface QueueStats {
   txBytes: number
   /** TX descriptors the device could not process. */
   txErrors: number
+  /** Of `txPackets`, those sent with checksum or TSO offloads applied (each TSO segment counts). */
+  txOffloaded?: number
+  /** TSO packets the device cut into segments. */
+  txTso?: number
 }
 
 /** A port's data path counters: the sum over its queues, and each queue. */
@@ -215,6 +219,10 @@ export function datapathOf(d: ServedDevice): IavfServerDatapath | undefined {
 /** The sum of `queues`, with the queues themselves. */
 export function sumQueues(queues: readonly QueueStats[]): PortStats {
   const total: PortStats = { rxPackets: 0, rxBytes: 0, rxErrors: 0, rxDrops: 0, txPackets: 0, txBytes: 0, txErrors: 0, queues: [] }
+  if (queues.some((q) => q.txOffloaded !== undefined || q.txTso !== undefined)) {
+    total.txOffloaded = 0
+    total.txTso = 0
+  }
   for (const q of queues) {
     total.rxPackets += q.rxPackets
     total.rxBytes += q.rxBytes
@@ -223,6 +231,8 @@ export function sumQueues(queues: readonly QueueStats[]): PortStats {
     total.txPackets += q.txPackets
     total.txBytes += q.txBytes
     total.txErrors += q.txErrors
+    if (total.txOffloaded !== undefined) total.txOffloaded += q.txOffloaded ?? 0
+    if (total.txTso !== undefined) total.txTso += q.txTso ?? 0
     total.queues.push({ ...q })
   }
   return total

@@ -577,6 +577,7 @@ export class Shell {
         `  ${cell('RX-packets', s.rxPackets)}${cell('RX-dropped', s.rxDrops)}RX-bytes: ${s.rxBytes}`,
         `  RX-errors: ${s.rxErrors}`,
         `  ${cell('TX-packets', s.txPackets)}${cell('TX-errors', s.txErrors)}TX-bytes: ${s.txBytes}`,
+        ...(s.txOffloaded === undefined ? [] : [`  ${cell('TX-offloaded', s.txOffloaded)}TX-TSO: ${s.txTso ?? 0}`]),
         '',
         '  Throughput (since last show)',
         `  ${cell('Rx-pps', formatPps(r.rxPps), 28)}Rx-bps: ${formatBitRate(r.rxBps)}`,
