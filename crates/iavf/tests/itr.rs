@@ -223,8 +223,10 @@ fn a_vector_the_driver_did_not_arm_stays_gated_under_an_itr() {
     }
     assert_eq!(take(&fd), 0);
     assert_eq!(vf.handle.stats(), before, "a gated raise counts nothing");
-    // Armed again: the first raise goes out at once (gated raises opened no window).
+    // Armed again: the causes raised while it was off fire once with the enable (the PBA
+    // bit), and the next raise goes out at once (gated raises opened no window).
     write_bar0(&mut vf, vfint_dyn_ctln1(0), dyn_ctl(0, LARGE_ITR));
+    assert_eq!(wait_for(&fd, 1), 1, "the pending cause, once");
     assert_eq!(vf.handle.raise_queue_irq(1), IrqOutcome::Delivered);
     assert_eq!(take(&fd), 1);
 }

@@ -246,6 +246,10 @@ pub(crate) struct Core {
     itrn1: [[u32; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
     /// ITR moderation of each MSI-X vector (0..=16) for queue interrupts.
     moderators: [Moderator; MAX_VECTORS as usize],
+    /// A queue cause was raised on the vector (1..=16) while `DYN_CTLN1.INTENA` was off: its
+    /// pending-bit. The interrupt fires when the driver enables the vector again, unless that
+    /// write also sets CLEARPBA.
+    queue_pending: [bool; MAX_VECTORS as usize],
     tx_tail: [u32; MAX_QUEUE_PAIRS as usize],
     rx_tail: [u32; MAX_QUEUE_PAIRS as usize],
     /// With doorbell pages: BAR0's mmapped tail pages, where the tails really live (a client's
@@ -280,6 +284,7 @@ impl Core {
             dyn_ctln1: [0; MAX_QUEUE_PAIRS as usize],
             itrn1: [[0; MAX_QUEUE_PAIRS as usize]; ITR_INDEXES as usize],
             moderators: [Moderator::default(); MAX_VECTORS as usize],
+            queue_pending: [false; MAX_VECTORS as usize],
             tx_tail: [0; MAX_QUEUE_PAIRS as usize],
             rx_tail: [0; MAX_QUEUE_PAIRS as usize],
             tail_page: None,
@@ -418,9 +423,19 @@ impl Core {
             }
             // WB_ON_ITR (bit 30) is stored and needs nothing more: the data path writes every
             // descriptor back at once, so there is never a write-back left for the ITR.
-            if v & DYN_CTL_SWINT_TRIG != 0 && v & DYN_CTL_INTENA != 0 {
-                // n < 16, so the vector fits.
-                io.fire(n as u16 + 1);
+            // n < 16, so the vector fits.
+            let vector = n as u16 + 1;
+            let pending = &mut self.queue_pending[usize::from(vector)];
+            if v & DYN_CTL_CLEARPBA != 0 {
+                *pending = false;
+            }
+            if v & DYN_CTL_INTENA != 0 && (v & DYN_CTL_SWINT_TRIG != 0 || *pending) {
+                // A cause that came while the vector was off fires now, as the PBA bit of a
+                // masked MSI-X vector does: Linux re-enables the vector after its NAPI poll saw
+                // the ring empty, and a frame written in between would otherwise wait for the
+                // next interrupt (seen as multi-second ping times with 4 queue pairs).
+                *pending = false;
+                io.fire(vector);
             }
             return;
         }
@@ -606,6 +621,11 @@ impl Core {
         now: Instant,
     ) -> (IrqOutcome, Option<Instant>) {
         if !self.vector_enabled(vector) {
+            if vector > 0 {
+                if let Some(p) = self.queue_pending.get_mut(usize::from(vector)) {
+                    *p = true;
+                }
+            }
             return (IrqOutcome::Gated, None);
         }
         let interval = self.vector_interval(vector);
@@ -651,6 +671,11 @@ impl Core {
                 m.fired(now);
                 Counters::bump(&io.counters.irqs_deferred);
                 io.fire(v);
+            } else if due && v > 0 {
+                // Disabled meanwhile: pending until the driver enables the vector again.
+                if let Some(p) = self.queue_pending.get_mut(usize::from(v)) {
+                    *p = true;
+                }
             }
             if let Some(d) = m.deadline() {
                 next = Some(next.map_or(d, |n| n.min(d)));
@@ -907,6 +932,7 @@ impl Core {
         for m in &mut self.moderators {
             m.reset();
         }
+        self.queue_pending = [false; MAX_VECTORS as usize];
         self.tx_tail = [0; MAX_QUEUE_PAIRS as usize];
         self.rx_tail = [0; MAX_QUEUE_PAIRS as usize];
         for q in 0..MAX_QUEUE_PAIRS {
@@ -1188,7 +1214,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_interrupt_whose_vector_is_disabled_at_the_window_end_is_dropped() {
+    fn a_held_interrupt_whose_vector_is_disabled_at_the_window_end_waits_for_the_enable() {
         let mut b = Bench::new(1);
         b.map_rx(0, 1, 0);
         b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 4000));
@@ -1199,18 +1225,53 @@ mod tests {
         b.w(reg(vfint_dyn_ctln1(0)), DYN_CTL_ITR_INDX_MASK);
         assert_eq!(b.raise(1, at(t0, 2)), (IrqOutcome::Gated, None));
         assert_eq!(b.expire(at(t0, 8000)), None);
-        assert_eq!(
-            b.irqs(),
-            (1, 0, 0),
-            "dropped as a gated raise is: not counted"
-        );
-        // Enabled again: the window of the first interrupt is over, nothing was re-armed.
+        assert_eq!(b.irqs(), (1, 0, 0), "nothing fires while the vector is off");
+        // Enabled again: the pending cause fires with the enable (as a masked MSI-X vector's
+        // PBA bit does), once.
         b.w(
             reg(vfint_dyn_ctln1(0)),
             DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK,
         );
-        assert_eq!(b.raise(1, at(t0, 8001)), (IrqOutcome::Undelivered, None));
         assert_eq!(b.irqs(), (2, 0, 0));
+        b.w(
+            reg(vfint_dyn_ctln1(0)),
+            DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK,
+        );
+        assert_eq!(b.irqs(), (2, 0, 0), "not twice");
+        assert_eq!(b.raise(1, at(t0, 8001)), (IrqOutcome::Undelivered, None));
+        assert_eq!(b.irqs(), (3, 0, 0));
+    }
+
+    #[test]
+    fn a_cause_raised_while_the_vector_is_off_fires_on_enable_unless_clearpba() {
+        let mut b = Bench::new(2);
+        let t0 = Instant::now();
+        assert_eq!(b.raise(1, t0), (IrqOutcome::Gated, None));
+        assert_eq!(b.raise(2, t0), (IrqOutcome::Gated, None));
+        assert_eq!(b.irqs(), (0, 0, 0));
+        // Vector 2 enabled with CLEARPBA: the pending cause is dropped.
+        b.w(
+            reg(vfint_dyn_ctln1(1)),
+            DYN_CTL_INTENA | DYN_CTL_CLEARPBA | DYN_CTL_ITR_INDX_MASK,
+        );
+        assert_eq!(b.irqs(), (0, 0, 0));
+        // A write that leaves vector 1 off changes nothing; the enabling one fires.
+        b.w(reg(vfint_dyn_ctln1(0)), DYN_CTL_ITR_INDX_MASK);
+        assert_eq!(b.irqs(), (0, 0, 0));
+        b.w(
+            reg(vfint_dyn_ctln1(0)),
+            DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK,
+        );
+        assert_eq!(b.irqs(), (1, 0, 0));
+        // A VF reset forgets pending causes.
+        b.run(|c, io| c.vf_reset(io, true));
+        assert_eq!(b.raise(1, t0), (IrqOutcome::Gated, None));
+        b.run(|c, io| c.vf_reset(io, true));
+        b.w(
+            reg(vfint_dyn_ctln1(0)),
+            DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK,
+        );
+        assert_eq!(b.irqs(), (1, 0, 0));
     }
 
     #[test]
@@ -1236,11 +1297,13 @@ mod tests {
             (IrqOutcome::Gated, None),
             "INTENA cleared"
         );
-        // Programmed again inside the old window: no memory of the earlier interrupt.
+        // Programmed again inside the old window: the cause raised while off fires with the
+        // enable, and the moderator has no memory of the interrupt before the reset.
         b.map_rx(0, 1, 0);
         b.w(reg(vfint_dyn_ctln1(0)), ctl(0, 4000));
-        assert_eq!(b.raise(1, at(t0, 3)), (IrqOutcome::Undelivered, None));
         assert_eq!(b.irqs(), (2, 0, 0));
+        assert_eq!(b.raise(1, at(t0, 3)), (IrqOutcome::Undelivered, None));
+        assert_eq!(b.irqs(), (3, 0, 0));
     }
 
     #[test]

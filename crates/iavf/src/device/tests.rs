@@ -906,9 +906,15 @@ fn queue_irqs_follow_dyn_ctln1() {
     r.bring_up(2);
     let h = r.dev.handle();
     assert_eq!(h.raise_queue_irq(1), IrqOutcome::Gated);
+    assert_eq!(fired(&r.msix[1]), 0);
     r.w32(
         vfint_dyn_ctln1(0).expect("reg"),
         DYN_CTL_INTENA | DYN_CTL_ITR_INDX_MASK,
+    );
+    assert_eq!(
+        fired(&r.msix[1]),
+        1,
+        "the cause raised while off fires on enable"
     );
     assert_eq!(h.raise_queue_irq(1), IrqOutcome::Delivered);
     assert_eq!(fired(&r.msix[1]), 1);
