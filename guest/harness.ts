@@ -501,7 +501,8 @@ function iavfPingScenario(queues = 1, doorbellPages = false): Scenario {
     description:
       `Linux iavf on emu_iavf0 (${queues} queue pair${queues === 1 ? '' : 's'}, back-end pair:emu_iavf1, mac=${IAVF_MAC}` +
       `${doorbellPages ? ', tails on doorbell pages QEMU maps into the guest' : ''}):` +
-      ` ping -c ${PING_COUNT} ${PING_PEER_IP}, traceroute (UDP), nc to a closed port and ${TCP_BULK_BYTES} bytes over TCP (TSO)` +
+      ` ping -c ${PING_COUNT} ${PING_PEER_IP}, traceroute (UDP), nc to a closed port` +
+      `${queues === 1 ? ` and ${TCP_BULK_BYTES} bytes over TCP (TSO)` : ''}` +
       ` answered by the TypeScript responder (src/responder.ts) on emu_iavf1 through IavfPort; counters agree`,
     modules: ['iavf'],
     devices: [rig.device],
@@ -519,7 +520,8 @@ function iavfPingScenario(queues = 1, doorbellPages = false): Scenario {
       decimal('traceroute_rc', 0),
       decimal('traceroute_answers', 3),
       decimal('tcp_refused', 1),
-      decimal('tcp_bulk_rc', 0),
+      // the 1 MiB transfer runs with one queue pair only (iavf-ping.sh says why)
+      ...(queues === 1 ? [decimal('tcp_bulk_rc', 0)] : []),
       // ATF_COM: the responder's ARP reply completed the entry, with the peer VF's MAC
       equals('neigh_flags', 0x2),
       equals('neigh_mac', IAVF_PEER_MAC_HEX),
@@ -574,13 +576,18 @@ function iavfPingScenario(queues = 1, doorbellPages = false): Scenario {
         atLeast('respUdpDatagrams', 3, stat('respUdpDatagrams')),
         sameAs('respUnreachableReplies', 'respUdpDatagrams'),
         atLeast('respTcpResets', 1, stat('respTcpResets')),
-        // 1 MiB over TCP to the discard port: the guest's TSO packets cut by emu_iavf0's TX
-        // engine, every segment's checksums completed, every byte in order, the close answered
-        exactly('respTcpBytes', TCP_BULK_BYTES, stat('respTcpBytes')),
-        atLeast('dpTxTso', 1, stat('dpTxTso')),
+        // 1 MiB over TCP to the discard port (one queue pair): the guest's TSO packets cut by
+        // emu_iavf0's TX engine, every segment's checksums completed, every byte in order, the
+        // close answered
+        ...(queues === 1
+          ? [
+              exactly('respTcpBytes', TCP_BULK_BYTES, stat('respTcpBytes')),
+              atLeast('dpTxTso', 1, stat('dpTxTso')),
+              exactly('respTcpConnections', 1, stat('respTcpConnections')),
+              exactly('respTcpClosed', 1, stat('respTcpClosed')),
+            ]
+          : []),
         atLeast('dpTxOffloaded', 1, stat('dpTxOffloaded')),
-        exactly('respTcpConnections', 1, stat('respTcpConnections')),
-        exactly('respTcpClosed', 1, stat('respTcpClosed')),
         ...['respIgnored', 'respSendDropped', 'respLoopErrors'].map(zero),
         exactly('respStopped', 1, stat('respStopped')),
       ],
