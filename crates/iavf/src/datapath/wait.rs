@@ -104,16 +104,15 @@ impl Waiter {
         if poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
             return Woken::Timeout;
         }
-        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-        drop(fds);
+        // fds[0] is the waker, fds[1..] the kicks in order; a kick outranks the waker.
         let mut woken = Woken::Timeout;
-        if ready[0] {
-            drain(&self.waker);
-            woken = Woken::Waker;
-        }
-        for (k, _) in self.kicks.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
-            drain(k);
-            woken = Woken::Kick;
+        for (i, f) in fds
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.revents().is_empty())
+        {
+            drain(f);
+            woken = if i == 0 { Woken::Waker } else { Woken::Kick };
         }
         if woken == Woken::Kick {
             self.counters.kicks.fetch_add(1, Ordering::Relaxed);
