@@ -8,7 +8,7 @@ import { join, dirname } from 'node:path'
 import test from 'ava'
 
 import { BackendChannel, IavfPort, NativeServer } from '../src/index'
-import { cli, ensureDistBuilt, killOnTeardown, tempSocket, waitFor, waitForExit } from './helpers'
+import { cli, ensureDistBuilt, killOnTeardown, runCliAsync, tempSocket, waitFor, waitForExit } from './helpers'
 
 test.before(ensureDistBuilt)
 
@@ -298,20 +298,7 @@ test('emudev client --fwd io --duration against emudev serve with backend=loopba
   let serr = ''
   server.stderr.setEncoding('utf8').on('data', (c: string) => (serr += c))
   t.true(await waitFor(() => serr.includes('listening'), 10_000), serr)
-  const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const c = spawn(process.execPath, [cli, 'client', '--vdev', `iavf_client,path=${sock}`, '--fwd', 'io', '--duration', '1', '--json'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-    const timer = setTimeout(() => c.kill('SIGKILL'), 30_000)
-    c.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr })
-    })
-  })
+  const out = await runCliAsync('client', '--vdev', `iavf_client,path=${sock}`, '--fwd', 'io', '--duration', '1', '--json')
   t.is(out.code, 0, out.stderr)
   const r = JSON.parse(out.stdout) as { forward: { mode: string; rxPackets: number; txPackets: number; seconds: number; rxMpps: number } }
   t.is(r.forward.mode, 'io')
@@ -357,20 +344,7 @@ test('emudev client --fwd against a device without a data path says why nothing 
   const sock = tempSocket(t, 'vf.sock')
   const server = NativeServer.listenIavf(sock, { name: 'emu_iavf0' })
   t.teardown(() => server.close())
-  const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const c = spawn(process.execPath, [cli, 'client', '--vdev', `iavf_client,path=${sock}`, '--fwd', 'io', '--duration', '0.3'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-    const timer = setTimeout(() => c.kill('SIGKILL'), 30_000)
-    c.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr })
-    })
-  })
+  const out = await runCliAsync('client', '--vdev', `iavf_client,path=${sock}`, '--fwd', 'io', '--duration', '0.3')
   t.is(out.code, 0, out.stderr)
   t.regex(out.stdout, /forwarded for [0-9.]+ s: rx 0 packets/)
   t.regex(out.stderr, /nothing came back: the device moves no packets without a data path/)

@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs'
 
 import test, { type ExecutionContext } from 'ava'
 
-import { cli, collectStderr, ensureDistBuilt, killOnTeardown, tempSocket, waitFor, waitForExit } from './helpers'
+import { cli, collectStderr, ensureDistBuilt, killOnTeardown, runCliAsync, tempSocket, waitFor, waitForExit } from './helpers'
 
 test.before(ensureDistBuilt)
 
@@ -13,22 +13,6 @@ const MAC = '02:00:00:00:00:09'
 function run(...args: string[]) {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 })
   return { code: r.status, stdout: r.stdout, stderr: r.stderr }
-}
-
-/** Runs the CLI without blocking this process (the server child needs nothing from it, but stays responsive). */
-function runAsync(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c))
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c))
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr })
-    })
-  })
 }
 
 async function startServe(t: ExecutionContext, vdev: string): Promise<{ child: ChildProcess; stderr: () => string }> {
@@ -44,7 +28,7 @@ test('serve emu_iavf0 + client iavf_client: link up, every step on its own line,
   const { child, stderr } = await startServe(t, `emu_iavf0,sock=${sock},queues=4,mac=${MAC}`)
   t.is(stderr().split('\n')[0], `emudev: emu_iavf0 (emu_iavf, 4 queue pairs, mac ${MAC}, mtu 1500) listening on ${sock}`)
 
-  const r = await runAsync('client', '--vdev', `iavf_client,path=${sock},queues=4`)
+  const r = await runCliAsync('client', '--vdev', `iavf_client,path=${sock},queues=4`)
   t.is(r.code, 0, r.stderr)
   t.is(r.stderr, '')
   const lines = r.stdout.trimEnd().split('\n')
@@ -74,7 +58,7 @@ test('serve emu_iavf0 + client iavf_client: link up, every step on its own line,
 test('client --json prints one JSON object; a refused bring-up exits 1 with one line', async (t) => {
   const sock = tempSocket(t, 'sock1')
   const { child } = await startServe(t, `emu_iavf3,sock=${sock},queues=2,mtu=9000`)
-  const r = await runAsync('client', '--vdev', `iavf_client0,path=${sock},queues=2`, '--json')
+  const r = await runCliAsync('client', '--vdev', `iavf_client0,path=${sock},queues=2`, '--json')
   t.is(r.code, 0, r.stderr)
   const out = JSON.parse(r.stdout) as {
     device: string
@@ -94,11 +78,11 @@ test('client --json prints one JSON object; a refused bring-up exits 1 with one 
   t.is(out.totalMicros, out.steps.reduce((a, s) => a + s.micros, 0))
   t.is(out.stats.txErrors, 0)
 
-  const refused = await runAsync('client', '--vdev', `iavf_client,path=${sock},queues=4`)
+  const refused = await runCliAsync('client', '--vdev', `iavf_client,path=${sock},queues=4`)
   t.is(refused.code, 1)
   t.is(refused.stderr, 'emudev client: iavf_client: ConfigVsiQueues refused by the PF: ErrParam (-5) (ERR_EMUDEV_IAVF_REFUSED)\n')
   // The device keeps working for the next client.
-  t.is((await runAsync('client', '--vdev', `iavf_client,path=${sock},queues=2`)).code, 0)
+  t.is((await runCliAsync('client', '--vdev', `iavf_client,path=${sock},queues=2`)).code, 0)
   child.kill('SIGTERM')
   t.is(await waitForExit(child, 10_000), 0)
 })
