@@ -1040,30 +1040,12 @@ impl Client {
 
     /// Unbinds `count` vectors from `start` (DATA_EVENTFD with no fds).
     pub fn unbind_irqs(&mut self, index: u32, start: u32, count: u32) -> Result<()> {
-        let s = SetIrqs {
-            argsz: 0,
-            action: IrqAction::Trigger,
-            data: IrqSetData::Eventfd,
-            index,
-            start,
-            count,
-        };
-        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b))
-            .map(|_| ())
+        self.set_irqs(index, IrqAction::Trigger, IrqSetData::Eventfd, start, count)
     }
 
     /// Disables every vector of `index` (count 0, DATA_NONE|TRIGGER).
     pub fn disable_irqs(&mut self, index: u32) -> Result<()> {
-        let s = SetIrqs {
-            argsz: 0,
-            action: IrqAction::Trigger,
-            data: IrqSetData::None,
-            index,
-            start: 0,
-            count: 0,
-        };
-        self.request(Command::DeviceSetIrqs, &[], |b| s.encode(b))
-            .map(|_| ())
+        self.set_irqs(index, IrqAction::Trigger, IrqSetData::None, 0, 0)
     }
 
     /// Any SET_IRQS without fds (mask, unmask, trigger with NONE or BOOL data).
